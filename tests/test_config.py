@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from dso.config import CONFIG_DIR, Settings, load_settings
+
+
+def test_defaults_are_trellis_large():
+    s = Settings()
+    assert s.model.transformer.model_channels == 1024
+    assert s.model.transformer.num_blocks == 24
+    assert s.lora.r == 64 and s.lora.alpha == 128
+    assert s.sim.tilt_threshold_deg == 20.0
+
+
+def test_every_shipped_config_validates():
+    files = sorted(CONFIG_DIR.glob("*.yaml"))
+    assert files, "no configs shipped"
+    for f in files:
+        load_settings(f, environ={})
+
+
+def test_yaml_then_env_override(tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sim:\n  timestep: 0.004\nlora:\n  r: 8\n")
+    s = load_settings(cfg, environ={"DSO__LORA__R": "16", "OTHER": "x"})
+    assert s.sim.timestep == 0.004
+    assert s.lora.r == 16
+
+
+def test_unknown_key_is_an_error(tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sim:\n  timstep: 0.004\n")
+    with pytest.raises(ValidationError, match="timstep"):
+        load_settings(cfg, environ={})
+
+
+def test_missing_config_file_names_it():
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_settings("nope.yaml", environ={})

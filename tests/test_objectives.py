@@ -1,0 +1,80 @@
+"""Sign and gradient direction of each objective on toy cases."""
+
+import math
+
+import torch
+
+from dso.learner import flow_matching as fm
+from dso.learner.objectives import dpo_loss, dro_loss, dro_paired_loss, sft_loss
+
+
+def test_dro_lowers_stable_error_and_raises_unstable():
+    err = torch.tensor([0.5, 0.5, 0.5, 0.5], requires_grad=True)
+    stable = torch.tensor([True, True, False, False])
+    dro_loss(err, stable, unstable_cap=2.0).backward()
+    # gradient descent moves err against the gradient
+    assert (err.grad[:2] > 0).all(), "stable errors must decrease under descent"
+    assert (err.grad[2:] < 0).all(), "unstable errors must increase under descent"
+
+
+def test_dro_halves_weighted_equally():
+    # one stable sample among many unstable ones gets the same total weight as all unstable ones
+    err = torch.ones(5, requires_grad=True)
+    stable = torch.tensor([True, False, False, False, False])
+    dro_loss(err, stable, unstable_cap=2.0).backward()
+    assert torch.isclose(err.grad[0], -err.grad[1:].sum())
+
+
+def test_balanced_dro_bounded_for_all_unstable_batch():
+    err = torch.tensor([10.0, 50.0, 1e6], requires_grad=True)
+    stable = torch.zeros(3, dtype=torch.bool)
+    loss = dro_loss(err, stable, unstable_cap=2.0)
+    assert loss.item() >= -1.0 - 1e-6
+    loss.backward()
+    assert torch.all(err.grad == 0), "errors past the cap must not be pushed further"
+
+
+def test_dro_paired_sign():
+    ew = torch.tensor([0.3, 0.4], requires_grad=True)
+    el = torch.tensor([0.3, 0.4], requires_grad=True)
+    dro_paired_loss(ew, el).backward()
+    assert (ew.grad > 0).all() and (el.grad < 0).all()
+
+
+def test_dpo_equals_log2_when_policy_is_reference():
+    e = torch.rand(8)
+    loss = dpo_loss(e, e.flip(0), e, e.flip(0), beta=500.0)
+    assert math.isclose(loss.item(), math.log(2.0), rel_tol=1e-6)
+
+
+def test_dpo_gradient_prefers_winner():
+    ew = torch.tensor([0.5], requires_grad=True)
+    el = torch.tensor([0.5], requires_grad=True)
+    dpo_loss(ew, el, torch.tensor([0.5]), torch.tensor([0.5]), beta=500.0).backward()
+    assert ew.grad.item() > 0 and el.grad.item() < 0
+
+
+def test_sft_ignores_unstable():
+    err = torch.tensor([0.2, 5.0], requires_grad=True)
+    loss = sft_loss(err, torch.tensor([True, False]))
+    assert math.isclose(loss.item(), 0.2, rel_tol=1e-6)
+    loss.backward()
+    assert err.grad[1] == 0
+
+
+def test_flow_path_endpoints_and_target():
+    x0 = torch.randn(2, 8, 4, 4, 4)
+    noise = torch.randn_like(x0)
+    assert torch.allclose(fm.noisy_latent(x0, noise, torch.zeros(2), 0.0), x0)
+    assert torch.allclose(fm.noisy_latent(x0, noise, torch.ones(2), 0.0), noise)
+    # the exact velocity makes the error zero
+    target = fm.velocity_target(x0, noise, 1e-5)
+    err = fm.per_sample_error(lambda x, t, c: target, x0, None, torch.rand(2), noise, 1e-5)
+    assert torch.allclose(err, torch.zeros(2))
+
+
+def test_logit_normal_t_mass_at_noisy_end():
+    g = torch.Generator().manual_seed(0)
+    t = fm.sample_t(20000, mean=1.0, std=1.0, generator=g)
+    assert (t > 0).all() and (t < 1).all()
+    assert 0.68 < t.median().item() < 0.78  # sigmoid(1) = 0.731
