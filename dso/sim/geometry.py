@@ -1,0 +1,130 @@
+"""Collision geometry + mass properties of one rigid object, placed on the ground.
+
+Grids become exact boxes (merged voxels) or one convex hull; meshes become
+CoACD convex parts or one convex hull. Everything is translated so that the
+lowest point sits at z = 0. In ``hull`` mode the mass properties are those of
+the hull too (one convex solid, as the paper's code simulates it); in the
+other modes they are the exact solid's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import trimesh
+from scipy.spatial import ConvexHull, QhullError
+
+from dso.config import SimSettings
+from dso.sim.boxes import merge_boxes
+from dso.sim.decompose import convex_parts
+from dso.sim.errors import InvalidInputError
+from dso.sim.inputs import clean_mesh
+from dso.sim.mass import MassProperties, box_mass_properties, mesh_mass_properties
+
+# Boxes whose corners all lie this many voxels inside the hull can never touch a plane.
+_INTERIOR_MARGIN_VOXELS = 0.5
+
+
+
+@dataclass(frozen=True)
+class CollisionGeometry:
+    """What MuJoCo needs: box geoms and/or convex parts, plus the body's mass properties."""
+
+    mode: str
+    mass: MassProperties
+    box_centres: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    box_half_sizes: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    convex_parts: list[np.ndarray] = field(default_factory=list)
+    total_boxes: int = 0  # boxes in the exact partition, before interior pruning
+
+    @property
+    def geom_count(self) -> int:
+        return len(self.box_centres) + len(self.convex_parts)
+
+
+def _hull(points: np.ndarray, what: str) -> trimesh.Trimesh:
+    try:
+        hull = ConvexHull(points)
+    except (QhullError, ValueError) as exc:
+        raise InvalidInputError(f"{what} has no volume (degenerate convex hull): {exc}") from exc
+    mesh = trimesh.Trimesh(vertices=points[hull.vertices], process=False)
+    mesh = trimesh.convex.convex_hull(mesh.vertices)
+    if mesh.volume <= 0:
+        raise InvalidInputError(f"{what} has no volume")
+    return mesh
+
+
+def _interior_box_mask(corners: np.ndarray, hull: ConvexHull, margin: float) -> np.ndarray:
+    """True for boxes (corners (K, 8, 3)) strictly inside the hull by ``margin``."""
+    normals, offsets = hull.equations[:, :3], hull.equations[:, 3]
+    signed = corners @ normals.T + offsets  # (K, 8, F), <= 0 inside
+    return np.all(signed < -margin, axis=(1, 2))
+
+
+def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    choose = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=bool)
+    return np.where(choose[None], hi[:, None, :], lo[:, None, :])
+
+
+def grid_geometry(occupancy: np.ndarray, settings: SimSettings, mode: str) -> CollisionGeometry:
+    """Boxes (exact) or one hull for an (N, N, N) grid; voxel i spans [i/N - 0.5, (i+1)/N - 0.5] * scale."""
+    count = int(occupancy.sum())
+    if count == 0:
+        raise InvalidInputError("occupancy grid is empty: no occupied voxels")
+    if count < settings.min_voxels:
+        raise InvalidInputError(f"occupancy grid has {count} occupied voxel(s); an object needs at least min_voxels={settings.min_voxels}")
+    n = occupancy.shape[0]
+    voxel = settings.object_scale / n
+    lo, hi = merge_boxes(occupancy)
+    z0 = lo[:, 2].min()
+    to_metres = lambda idx: (idx - np.array([n / 2, n / 2, z0])) * voxel  # lowest voxel face at z = 0
+    lo_m, hi_m = to_metres(lo).astype(float), to_metres(hi).astype(float)
+    corners = _box_corners(lo_m, hi_m)
+    if mode == "hull":
+        hull_mesh = _hull(corners.reshape(-1, 3), "occupancy grid")
+        mass = mesh_mass_properties(hull_mesh, settings.density)
+        return CollisionGeometry("hull", mass, convex_parts=[np.asarray(hull_mesh.vertices)], total_boxes=len(lo))
+    mass = box_mass_properties(lo_m, hi_m, settings.density)
+    keep = np.ones(len(lo), dtype=bool)
+    if settings.prune_interior_boxes and len(lo) > 1:
+        try:
+            hull = ConvexHull(corners.reshape(-1, 3))
+            keep = ~_interior_box_mask(corners, hull, _INTERIOR_MARGIN_VOXELS * voxel)
+        except QhullError:
+            pass  # flat voxel sheet: every box is on the hull anyway
+    return CollisionGeometry(
+        "boxes",
+        mass,
+        box_centres=((lo_m + hi_m) / 2)[keep],
+        box_half_sizes=((hi_m - lo_m) / 2)[keep],
+        total_boxes=len(lo),
+    )
+
+
+def mesh_geometry(mesh: trimesh.Trimesh, settings: SimSettings, mode: str) -> CollisionGeometry:
+    """CoACD parts (exact solid mass) or one hull (hull mass) for a mesh in its own z-up frame."""
+    mesh = clean_mesh(mesh, settings.max_faces)
+    vertices = np.asarray(mesh.vertices, dtype=float) * settings.object_scale
+    vertices = vertices - np.array([0.0, 0.0, vertices[:, 2].min()])
+    placed = trimesh.Trimesh(vertices=vertices, faces=np.asarray(mesh.faces), process=False)
+    if mode == "hull":
+        hull_mesh = _hull(vertices, "mesh")
+        mass = mesh_mass_properties(hull_mesh, settings.density)
+        return CollisionGeometry("hull", mass, convex_parts=[np.asarray(hull_mesh.vertices)])
+    if not placed.is_watertight:
+        raise InvalidInputError(
+            "mesh is not watertight even after repair (merging vertices, filling holes); "
+            "its solid and mass are undefined. Use --mode hull to simulate its convex hull instead"
+        )
+    mass = mesh_mass_properties(placed, settings.density)
+    parts = convex_parts(vertices, placed.faces, settings.coacd_threshold, settings.coacd_seed, settings.cache_dir)
+    return CollisionGeometry("decompose", mass, convex_parts=parts)
+
+
+def build_geometry(item: np.ndarray | trimesh.Trimesh, settings: SimSettings) -> CollisionGeometry:
+    """Pick the geometry for an input: grids use boxes|hull, meshes decompose|hull."""
+    if isinstance(item, trimesh.Trimesh):
+        return mesh_geometry(item, settings, "hull" if settings.mode == "hull" else "decompose")
+    # a box partition already is an exact convex decomposition of a grid
+    return grid_geometry(item, settings, "hull" if settings.mode == "hull" else "boxes")
