@@ -43,9 +43,7 @@ def generate(
     settings = load_settings(config or "tiny")
     gen = Generator.from_settings(settings)
     if adapter is not None:
-        from dso.models.lora import load_adapter_into
-
-        gen.flow = load_adapter_into(gen.flow, adapter, settings.lora)
+        gen.use_adapter(adapter)
     loaded = []
     for path in images:
         try:

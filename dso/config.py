@@ -153,7 +153,9 @@ class SimSettings(Section):
     # early stop once tilted past this while still moving (None = off); the reported tilt is
     # then the tilt at that moment, not at the final equilibrium
     fall_stop_tilt_deg: float | None = Field(60.0, gt=0, lt=180)
-    prune_interior_boxes: bool = True  # drop boxes strictly inside the convex hull (never touch a plane)
+    # collide only the boxes holding the solid's convex-hull vertices: a plane touches a rigid
+    # body only on its hull, so the support polygon is unchanged in every pose (exact, and fast)
+    prune_collision_boxes: bool = True
     object_scale: float = Field(1.0, gt=0)  # metres spanned by the unit cube [-0.5, 0.5]^3 / mesh unit
     max_faces: int = Field(200_000, gt=0)  # larger meshes are rejected as invalid_input
     min_voxels: int = Field(2, ge=1)  # grids with fewer occupied voxels are specks, not objects
@@ -305,6 +307,21 @@ class BrokerSettings(Section):
         return self.adapter_store_dir if self.adapter_store_dir is not None else self.run_dir / "adapters"
 
 
+class TrainSettings(Section):
+    """Fine-tuning the LoRA adapter with a DSO objective (offline `dso train` and the online learner)."""
+
+    seed: int = 0
+    steps: int = 400
+    batch_size: int = 16  # paper: 48 (6 per GPU x 4 GPUs x 2 accumulation); pairs count twice
+    lr: float = 1e-4  # paper: 5e-6 for TRELLIS-L; the tiny model tolerates a larger step
+    weight_decay: float = 0.01
+    warmup_steps: int = 20  # paper: 2,000
+    grad_clip: float = 1.0
+    autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 where the device supports it (CUDA)
+    checkpoint_every: int = 100
+    output_dir: Path = Path("runs/train")
+
+
 class Settings(Section):
     """The whole configuration tree."""
 
@@ -316,6 +333,7 @@ class Settings(Section):
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
 
 
 ENV_PREFIX = "DSO__"

@@ -176,7 +176,8 @@ def test_dinov2_tokens_have_trellis_shape_and_are_layer_normed(dinov2):
     assert tokens.shape == (2, 1 + REGISTERS + grid * grid, HIDDEN)
     assert dinov2.token_count == tokens.shape[1] and dinov2.dim == HIDDEN
     assert tokens.mean(-1).abs().max() < 1e-4
-    assert (tokens.std(-1, unbiased=False) - 1).abs().max() < 1e-3
+    # ~1 (layer_norm's eps pulls low-variance tokens, like a near-zero CLS at random init, slightly under 1)
+    assert (tokens.std(-1, unbiased=False) - 1).abs().max() < 1e-2
     assert not torch.allclose(tokens[0], tokens[1])
 
 

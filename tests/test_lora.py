@@ -237,3 +237,20 @@ def test_import_rejects_inconsistent_files(peft_model, tmp_path):
     save_file({k: v.contiguous() for k, v in orphan.items()}, str(tmp_path / "orphan.safetensors"))
     with pytest.raises(AdapterFormatError, match="lora_B without lora_A"):
         import_released_lora(tmp_path / "orphan.safetensors", LORA, tmp_path / "out2")
+
+
+def test_trellis_large_lora_size_matches_the_paper():
+    """r=64 on TRELLIS-L attention is about 20.4 M parameters (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        base = SparseStructureFlowModel.from_settings(FlowTransformerSettings())
+        model = attach_lora(base, LoraSettings())
+    width, blocks, r = 1024, 24, 64
+    # self: to_qkv (w -> 3w), to_out (w -> w); cross: to_q (w -> w), to_kv (cond w -> 2w), to_out (w -> w)
+    per_block = r * ((width + 3 * width) + 2 * width + 2 * width + (width + 2 * width) + 2 * width)
+    assert trainable_parameter_count(model) == blocks * per_block == 20_447_232
+
+
+def test_probe_restores_training_mode(peft_model):
+    peft_model.train()
+    flow_model_probe(peft_model, LORA)(peft_model)
+    assert peft_model.training

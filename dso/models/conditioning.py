@@ -119,7 +119,9 @@ class Dinov2Conditioner(ImageConditioner):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         if settings.path is None:
-            raise ValueError("ConditionerSettings.path must name a local DINOv2-with-registers folder for kind='dinov2'")
+            raise ValueError(
+                "ConditionerSettings.path must name a local DINOv2-with-registers folder for kind='dinov2'"
+            )
         path = Path(settings.path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: not a transformers model folder (no config.json)")
@@ -211,9 +213,8 @@ class TinyImageEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, 4, S, S]`` framed pixels -> ``[B, grid*grid, channels]`` layer-normed tokens."""
         if pixels.ndim != 4 or pixels.shape[1:] != (self.in_channels, self.image_size, self.image_size):
-            raise ValueError(
-                f"expected pixels [B, {self.in_channels}, {self.image_size}, {self.image_size}], got {tuple(pixels.shape)}"
-            )
+            size = self.image_size
+            raise ValueError(f"expected pixels [B, {self.in_channels}, {size}, {size}], got {tuple(pixels.shape)}")
         features = self.proj(self.stages(pixels))  # [B, D, grid, grid]
         tokens = features.flatten(2).transpose(1, 2) + self.pos_emb
         return token_layer_norm(tokens)

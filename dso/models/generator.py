@@ -9,6 +9,7 @@ flow, decode, threshold the logits at 0.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -62,6 +63,16 @@ class Generator:
         # sampler settings from the model folder, overridden by explicit config values
         sampler_settings = modules.sampler.model_copy(update=settings.sampler.model_dump(exclude_unset=True))
         return cls(modules, conditioner, FlowEulerSampler(sampler_settings), device)
+
+    def use_adapter(self, directory) -> None:
+        """Apply a PEFT adapter directory (our files or anyone's in PEFT's format) to the flow model."""
+        from peft import PeftModel
+
+        from dso.models.lora import AdapterFormatError
+
+        if not (Path(directory) / "adapter_config.json").is_file():
+            raise AdapterFormatError(f"{directory} is not a PEFT adapter directory (no adapter_config.json)")
+        self.flow = PeftModel.from_pretrained(self.modules.flow, str(directory)).eval()
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:

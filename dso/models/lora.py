@@ -103,7 +103,8 @@ def attach_lora(
         )
     peft_model = get_peft_model(model, lora_config(settings), adapter_name=adapter_name)
     # get_peft_model reads the name from transformers' ``name_or_path``, which a plain nn.Module lacks.
-    peft_model.peft_config[adapter_name].base_model_name_or_path = base_model_name_or_path or default_base_name(model)
+    name = base_model_name_or_path or default_base_name(model)
+    peft_model.peft_config[adapter_name].base_model_name_or_path = name
     return peft_model
 
 
@@ -211,7 +212,9 @@ class Probe:
         was_training = model.training
         model.eval()
         try:
-            out = model(*(self._place(a, like) for a in self.args), **{k: self._place(v, like) for k, v in self.kwargs.items()})
+            args = [self._place(a, like) for a in self.args]
+            kwargs = {k: self._place(v, like) for k, v in self.kwargs.items()}
+            out = model(*args, **kwargs)
         finally:
             model.train(was_training)
         if not isinstance(out, torch.Tensor):
@@ -430,7 +433,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def extract_lora_state(full_state: Mapping[str, torch.Tensor], adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+def extract_lora_state(
+    full_state: Mapping[str, torch.Tensor], adapter_name: str | None = None
+) -> dict[str, torch.Tensor]:
     """Keep only LoRA A/B tensors of a whole-model PEFT state dict, with saved-adapter key names.
 
     Base weights (plain or ``.base_layer.``) are dropped. With several adapters
@@ -441,7 +446,7 @@ def extract_lora_state(full_state: Mapping[str, torch.Tensor], adapter_name: str
         match = _LORA_KEY.match(key)
         if match is None:
             if any(f".{part}" in key for part in _OTHER_LORA_PARTS):
-                raise AdapterFormatError(f"unsupported LoRA variant tensor {key!r} (only plain LoRA A/B is supported)")
+                raise AdapterFormatError(f"unsupported LoRA variant tensor {key!r} (only plain LoRA A/B)")
             continue
         adapter = match["adapter"] or "default"
         found.setdefault(adapter, {})[f"{SAVED_KEY_PREFIX}{match['path']}.{match['kind']}.weight"] = tensor
@@ -508,5 +513,6 @@ def import_released_lora(
     config = lora_config(imported, base_model_name_or_path)
     config.inference_mode = True
     config.save_pretrained(str(out))
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    save_file(tensors, str(out / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
     return state, imported

@@ -28,6 +28,7 @@ __all__ = [
     "FAMILIES",
     "ProceduralObject",
     "sample_object",
+    "family_of_seed",
     "support_margin",
     "center_of_mass",
     "support_polygon",
@@ -66,8 +67,8 @@ def sample_object(
     if family is not None and family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     rng = np.random.default_rng(seed)
-    if family is None:
-        family = _choose_family(rng, settings)
+    chosen = _choose_family(rng, settings)  # always drawn, so a seed's stream is the same either way
+    family = family or chosen
     reasons: list[str] = []
     for attempt in range(settings.max_attempts):
         blueprint = BUILDERS[family](rng)
@@ -85,6 +86,11 @@ def sample_object(
         obj.params.update(attempt=attempt, marginal=marginal)
         return obj
     raise RuntimeError(f"seed {seed}: no valid {family} object in {settings.max_attempts} draws: {reasons[-3:]}")
+
+
+def family_of_seed(seed: int, settings: ShapesSettings | None = None) -> str:
+    """The family ``sample_object(seed)`` picks when none is asked for (cheap: no geometry is built)."""
+    return _choose_family(np.random.default_rng(seed), settings or ShapesSettings())
 
 
 def _choose_family(rng: np.random.Generator, settings: ShapesSettings) -> str:
@@ -134,12 +140,22 @@ def _realise(
     z = voxel_centers(resolution)
     lever = float((occupancy.sum(axis=(0, 1)) * np.maximum(z - onset, 0.0)).sum() / occupancy.sum())
     polygon = support_polygon(occupancy)
-    direction = np.array([np.cos(direction_angle), np.sin(direction_angle)])
     height = max(hi[2] - onset, 0.0)
-    s_max = min(settings.max_lean, _lean_limit(lo, hi, direction, height, limit))
-    s_min = -min(settings.max_lean, _lean_limit(lo, hi, -direction, height, limit))
-    leans = np.linspace(s_min, s_max, LEAN_SEARCH_STEPS)
-    predicted = signed_distance_inside(com[:2] + leans[:, None] * lever * direction, polygon)
+
+    def predict(direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Leans tried along ``direction`` and the support margin each would give (CoM moves by lean * lever)."""
+        s_max = min(settings.max_lean, _lean_limit(lo, hi, direction, height, limit))
+        s_min = -min(settings.max_lean, _lean_limit(lo, hi, -direction, height, limit))
+        leans = np.linspace(s_min, s_max, LEAN_SEARCH_STEPS)
+        return leans, signed_distance_inside(com[:2] + leans[:, None] * lever * direction, polygon)
+
+    direction = np.array([np.cos(direction_angle), np.sin(direction_angle)])
+    leans, predicted = predict(direction)
+    if target is not None and predicted[-1] > target:
+        # The drawn direction cannot bring the margin down to the target: lean towards the nearest edge.
+        direction_angle = _nearest_edge_angle(com[:2], polygon)
+        direction = np.array([np.cos(direction_angle), np.sin(direction_angle)])
+        leans, predicted = predict(direction)
     peak = int(np.argmax(predicted))
     if predicted[peak] < settings.min_margin:
         raise _Rejected(f"cannot stand: best predicted margin {predicted[peak]:.4f}")
@@ -165,6 +181,16 @@ def _realise(
         target_margin=None if target is None else float(target),
     )
     return ProceduralObject(occupancy, parts, "", 0, params, kind=blueprint.kind, margin=float(margin))
+
+
+def _nearest_edge_angle(point: np.ndarray, polygon: np.ndarray) -> float:
+    """Angle of the direction from ``point`` to the closest point of the polygon's boundary."""
+    a, b = polygon, np.roll(polygon, -1, axis=0)
+    edge = b - a
+    t = np.clip(((point - a) * edge).sum(axis=1) / (edge * edge).sum(axis=1), 0.0, 1.0)
+    nearest = a + t[:, None] * edge
+    offset = nearest[np.argmin(np.linalg.norm(nearest - point, axis=1))] - point
+    return float(np.arctan2(offset[1], offset[0]))
 
 
 def _choose_lean(

@@ -47,8 +47,9 @@ def _merge_xyz(occ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-# Axis orders tried; the one giving the fewest boxes wins (runs along z first is usually best).
-_AXIS_ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
+# Axis orders tried; the one giving the fewest boxes wins. Trying all three saves ~15 % of the
+# boxes but triples the cost; collision uses only the boxes on hull vertices, so one order is enough.
+_AXIS_ORDERS = ((0, 1, 2),)
 
 
 def merge_boxes(occupancy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,11 +22,6 @@ from dso.sim.errors import InvalidInputError
 from dso.sim.inputs import clean_mesh
 from dso.sim.mass import MassProperties, box_mass_properties, mesh_mass_properties
 
-# Boxes whose corners all lie this many voxels inside the hull can never touch a plane.
-_INTERIOR_MARGIN_VOXELS = 0.5
-
-
-
 @dataclass(frozen=True)
 class CollisionGeometry:
     """What MuJoCo needs: box geoms and/or convex parts, plus the body's mass properties."""
@@ -55,11 +50,21 @@ def _hull(points: np.ndarray, what: str) -> trimesh.Trimesh:
     return mesh
 
 
-def _interior_box_mask(corners: np.ndarray, hull: ConvexHull, margin: float) -> np.ndarray:
-    """True for boxes (corners (K, 8, 3)) strictly inside the hull by ``margin``."""
-    normals, offsets = hull.equations[:, :3], hull.equations[:, 3]
-    signed = corners @ normals.T + offsets  # (K, 8, F), <= 0 inside
-    return np.all(signed < -margin, axis=(1, 2))
+def _boxes_on_hull_vertices(corners: np.ndarray) -> np.ndarray:
+    """Mask of boxes (corners (K, 8, 3)) holding at least one vertex of the convex hull of all corners.
+
+    A rigid body touches a plane only where the plane supports its convex hull,
+    and that contact patch is the hull of the hull vertices lying in the plane.
+    Boxes holding those vertices therefore give every orientation exactly the
+    same support polygon as the whole solid; the other boxes never change it.
+    """
+    try:
+        hull = ConvexHull(corners.reshape(-1, 3))
+    except QhullError:  # flat sheet of voxels: keep everything
+        return np.ones(len(corners), dtype=bool)
+    keep = np.zeros(len(corners), dtype=bool)
+    keep[hull.vertices // 8] = True
+    return keep
 
 
 def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -86,13 +91,7 @@ def grid_geometry(occupancy: np.ndarray, settings: SimSettings, mode: str) -> Co
         mass = mesh_mass_properties(hull_mesh, settings.density)
         return CollisionGeometry("hull", mass, convex_parts=[np.asarray(hull_mesh.vertices)], total_boxes=len(lo))
     mass = box_mass_properties(lo_m, hi_m, settings.density)
-    keep = np.ones(len(lo), dtype=bool)
-    if settings.prune_interior_boxes and len(lo) > 1:
-        try:
-            hull = ConvexHull(corners.reshape(-1, 3))
-            keep = ~_interior_box_mask(corners, hull, _INTERIOR_MARGIN_VOXELS * voxel)
-        except QhullError:
-            pass  # flat voxel sheet: every box is on the hull anyway
+    keep = _boxes_on_hull_vertices(corners) if settings.prune_collision_boxes else np.ones(len(lo), dtype=bool)
     return CollisionGeometry(
         "boxes",
         mass,

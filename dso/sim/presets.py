@@ -29,7 +29,7 @@ def reference_settings(base: SimSettings | None = None) -> SimSettings:
             timestep=0.00025,
             max_time=20.0,
             early_stop=False,
-            prune_interior_boxes=False,
+            prune_collision_boxes=False,
             item_timeout_s=max(base.item_timeout_s, 600.0),
         )
     )

@@ -1,0 +1,153 @@
+"""Fine-tune the flow model's LoRA adapter with a DSO objective: one class, one step at a time.
+
+The same :class:`FineTuner` serves the offline ``dso train`` command, each Ray
+Train worker, and the online learner actor. It owns the PEFT-wrapped flow
+model, the optimiser and the RNG, so a checkpoint of it resumes exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+from dso.config import LoraSettings, ObjectiveSettings, TrainSettings
+from dso.learner import flow_matching as fm
+from dso.learner.checkpoint import load_checkpoint, save_checkpoint
+from dso.learner.objectives import dpo_loss, dro_loss, dro_paired_loss, sft_loss
+from dso.models.lora import attach_lora, save_adapter
+
+PAIRED_OBJECTIVES = ("dpo", "dro_paired")
+CHECKPOINT_FILE = "trainer.ckpt"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class TrainBatch:
+    """Labelled samples. For paired objectives the first half are stable (winners) and the
+    second half unstable (losers), row i of each half from the same prompt."""
+
+    x0: torch.Tensor  # [B, C, R, R, R]
+    cond: torch.Tensor  # [B, L, D]
+    stable: torch.Tensor  # [B] bool
+
+    def to(self, device: torch.device) -> "TrainBatch":
+        return TrainBatch(self.x0.to(device), self.cond.to(device), self.stable.to(device))
+
+
+class _LoraState:
+    """Checkpoint view of a PEFT model holding only the adapter tensors (not the base weights)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        result = set_peft_model_state_dict(self.model, state)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise KeyError(f"checkpoint holds LoRA keys the model lacks: {unexpected[:5]}")
+
+
+def autocast_context(mode: str, device: torch.device):
+    """bf16 autocast on devices that support it (``auto``: CUDA with bf16); a no-op otherwise."""
+    use = mode == "bf16" or (mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
+
+
+class FineTuner:
+    def __init__(
+        self,
+        flow: nn.Module,
+        lora: LoraSettings,
+        objective: ObjectiveSettings,
+        train: TrainSettings,
+        device: torch.device | str = "cpu",
+    ):
+        self.device = torch.device(device)
+        self.objective = objective
+        self.train = train
+        self.model = attach_lora(flow, lora).to(self.device)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=train.lr, weight_decay=train.weight_decay)
+        self.generator = torch.Generator().manual_seed(train.seed)
+        self.step = 0
+
+    @property
+    def paired(self) -> bool:
+        return self.objective.name in PAIRED_OBJECTIVES
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to ``lr``, then constant (as in the paper's code)."""
+        return self.train.lr * min(1.0, (step + 1) / max(1, self.train.warmup_steps))
+
+    def _errors(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return fm.per_sample_error(self.model, batch.x0, batch.cond, t, noise, self.objective.sigma_min)
+
+    def loss(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The configured objective on one batch; t and noise come from the tuner's own RNG."""
+        o = self.objective
+        n = batch.x0.shape[0]
+        t = fm.sample_t(n, o.t_logit_mean, o.t_logit_std, generator=self.generator).to(self.device)
+        noise = torch.randn(batch.x0.shape, generator=self.generator).to(self.device, batch.x0.dtype)
+        if self.paired:
+            # winners and losers of a pair share t and noise, as in Diffusion-DPO
+            half = n // 2
+            t = torch.cat([t[:half], t[:half]])
+            noise = torch.cat([noise[:half], noise[:half]])
+        with autocast_context(self.train.autocast, self.device):
+            err = self._errors(batch, t, noise)
+            metrics = {"err_stable": _mean_where(err, batch.stable), "err_unstable": _mean_where(err, ~batch.stable)}
+            if o.name == "dro":
+                loss = dro_loss(err, batch.stable, o.dro_unstable_cap)
+            elif o.name == "sft":
+                loss = sft_loss(err, batch.stable)
+            elif o.name == "dro_paired":
+                loss = dro_paired_loss(err[:half], err[half:])
+            else:  # dpo: the reference is the same network with the adapter switched off
+                with torch.no_grad(), self.model.disable_adapter():
+                    ref = self._errors(batch, t, noise)
+                loss = dpo_loss(err[:half], err[half:], ref[:half], ref[half:], o.dpo_beta)
+        return loss, metrics
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        if self.paired and (batch.x0.shape[0] % 2 or not bool(batch.stable[: batch.x0.shape[0] // 2].all())):
+            raise ValueError(f"objective {self.objective.name!r} needs a batch of (stable, unstable) pairs")
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        loss, metrics = self.loss(batch.to(self.device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step}; batch skipped")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.train.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return {"loss": float(loss.item()), "grad_norm": float(grad_norm), "lr": self.lr_at(self.step - 1), "step": self.step, **metrics}
+
+    # -- persistence -----------------------------------------------------------------
+    def save(self, directory: Path) -> Path:
+        """PEFT adapter files (loadable by stock PEFT) + optimiser, step and RNG for exact resume."""
+        directory = Path(directory)
+        save_adapter(self.model, directory / ADAPTER_DIR)
+        save_checkpoint(directory / CHECKPOINT_FILE, self.step, {"lora": _LoraState(self.model)}, self.optimizer, self.generator)
+        return directory
+
+    def load(self, directory: Path) -> int:
+        self.step = load_checkpoint(Path(directory) / CHECKPOINT_FILE, {"lora": _LoraState(self.model)}, self.optimizer, self.generator)
+        return self.step
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return _LoraState(self.model).state_dict()
+
+
+def _mean_where(x: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(x[mask].mean().item()) if bool(mask.any()) else math.nan
