@@ -177,6 +177,7 @@ class ShapesSettings(Section):
     heldout_seed: int = 1_000_003  # held-out object i uses seed heldout_seed + i (>= training_seed_limit)
     heldout_objects: int = 16
     heldout_views: int = 2
+    heldout_balanced: bool = True  # held-out object i is of family FAMILIES[i % 5] (equal share per family)
     # -- object distribution (dso.shapes.procedural) --
     family_weights: dict[str, float] = Field(  # relative odds of each family when none is asked for
         default_factory=lambda: {"biped": 1.0, "quadruped": 1.0, "slender": 1.0, "furniture": 1.0, "top_heavy": 1.0}

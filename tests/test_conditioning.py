@@ -189,6 +189,9 @@ def test_dinov2_features_are_taken_before_the_final_norm(dinov2):
         for layer in dinov2.model.encoder.layer:
             hidden = layer(hidden)
         post_norm = dinov2.model.layernorm(hidden)
+        public = dinov2.model(pixel_values=pixels, output_hidden_states=True)
+    torch.testing.assert_close(public.hidden_states[-1], hidden)  # same features via the public API
+    torch.testing.assert_close(public.last_hidden_state, post_norm)
     tokens = dinov2.encode(images)
     torch.testing.assert_close(tokens, F.layer_norm(hidden, hidden.shape[-1:]), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(tokens, F.layer_norm(post_norm, post_norm.shape[-1:]), atol=1e-3)

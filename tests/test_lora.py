@@ -254,3 +254,16 @@ def test_probe_restores_training_mode(peft_model):
     peft_model.train()
     flow_model_probe(peft_model, LORA)(peft_model)
     assert peft_model.training
+
+
+def test_hot_swap_on_a_bf16_model():
+    torch.manual_seed(0)
+    base = SparseStructureFlowModel.from_settings(TINY_FLOW, dtype="bf16")
+    with torch.no_grad():
+        for param in base.parameters():
+            param.normal_(0.0, 0.2)
+    model = attach_lora(base, LORA)
+    record = hot_swap(model, random_adapter_state(model, 4), flow_model_probe(model, LORA), LORA)
+    assert record.weights_changed and record.max_abs_output_change > 0
+    dtypes = {p.dtype for p in live_lora_parameters(model).values()}
+    assert record.tensors == len(live_lora_parameters(model)) and len(dtypes) == 1

@@ -205,12 +205,13 @@ class WorkQueue:
         return self.depth().backlog
 
     def dead_letters(self, count: int = 100) -> list[dict[str, str | bytes]]:
-        """The most recent dead-lettered entries (newest first), for operators and tests."""
+        """This queue's most recent dead-lettered entries (newest first; the dead stream is shared)."""
         out = []
         for entry_id, fields in self.client.xrevrange(self.dead_key, count=count):
             item = {_s(k): (v if k == DATA_FIELD else _s(v)) for k, v in fields.items()}
-            item["dead_entry_id"] = _s(entry_id)
-            out.append(item)
+            if item.get("source") == self.name:
+                item["dead_entry_id"] = _s(entry_id)
+                out.append(item)
         return out
 
     # --- helpers -------------------------------------------------------------

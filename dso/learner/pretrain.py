@@ -55,12 +55,12 @@ def _make_object(args: tuple[int, Settings]) -> tuple[int, np.ndarray, list[np.n
     from dso.shapes.procedural import sample_object
     from dso.shapes.render import default_views, render_occupancy
 
-    obj = sample_object(seed, resolution=settings.shapes.resolution)
-    views = default_views(settings.pretrain.views_per_object, seed=seed)
+    obj = sample_object(seed, resolution=settings.shapes.resolution, settings=settings.shapes)
+    views = default_views(settings.pretrain.views_per_object, seed=seed, settings=settings.shapes)
     images = [render_occupancy(obj.occupancy, cam, size=settings.shapes.render_size, parts=obj.parts) for cam in views]
     stands = True
     if settings.pretrain.drop_unstable:
-        from dso.sim import simulate
+        from dso.sim.oracle import simulate
 
         verdict = simulate(obj.occupancy, settings.sim)
         stands = verdict.status == "ok" and verdict.stable

@@ -158,8 +158,9 @@ class Dinov2Conditioner(ImageConditioner):
     def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
         pixels = prepare_pixels(images, self.settings.image_size, self.settings)
         pixels = pixels.to(device=self.device, dtype=self.dtype)
-        output = self.model(pixel_values=pixels, output_hidden_states=True)
-        prenorm = output.hidden_states[-1]  # last block's output, before model.layernorm
+        # Embeddings + encoder, skipping model.layernorm: TRELLIS's "x_prenorm" features.
+        # (Cheaper than output_hidden_states=True, which keeps every layer's tokens.)
+        prenorm = self.model.encoder(self.model.embeddings(pixels)).last_hidden_state
         return token_layer_norm(prenorm)
 
 

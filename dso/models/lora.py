@@ -304,23 +304,25 @@ class AdapterSwapper:
         Comparing ``B (A v)`` is O(r (in + out)) per layer instead of forming
         B @ A, and (unlike comparing A and B directly) says "no change" when
         B is zero before and after, where the output truly cannot move.
+        ``new`` must already have the live parameters' dtype and device.
         """
         generator = torch.Generator().manual_seed(self.settings.probe_seed)
         for key_a in sorted(k for k in self.params if k.endswith(".lora_A.weight")):
             key_b = key_a.replace(".lora_A.weight", ".lora_B.weight")
-            old_a, old_b = self.params[key_a].detach().float().cpu(), self.params[key_b].detach().float().cpu()
-            new_a, new_b = new[key_a].float().cpu(), new[key_b].float().cpu()
+            old_a, old_b = self.params[key_a].detach(), self.params[key_b].detach()
+            new_a, new_b = new[key_a], new[key_b]
             if torch.equal(old_a, new_a) and torch.equal(old_b, new_b):
                 continue
-            v = torch.randn(old_a.shape[1], generator=generator)
-            if not torch.equal(old_b @ (old_a @ v), new_b @ (new_a @ v)):
+            v = torch.randn(old_a.shape[1], generator=generator).to(old_a.device)
+            old_update = old_b.float() @ (old_a.float() @ v)
+            if not torch.equal(old_update, new_b.float() @ (new_a.float() @ v)):
                 return True
         return False
 
     def _copy(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for key, param in self.params.items():
-                param.copy_(state_dict[key].to(device=param.device, dtype=param.dtype))
+                param.copy_(state_dict[key])
 
     def swap(
         self,
@@ -332,34 +334,36 @@ class AdapterSwapper:
         """Load ``source`` (a state dict, adapter directory or safetensors file) into the live model.
 
         ``expect_change=True`` says the caller believes these are new weights
-        (e.g. a newer version from the store); identical weights then raise,
-        since that is a publishing mistake, not a swap (``False``: the reverse,
-        a reload that must not change anything). With ``verify`` the
-        probe output must move exactly when the effective update moved.
+        (e.g. a newer version from the store); weights equal to the live ones
+        then raise, since that is a publishing mistake, not a swap (``False``:
+        the reverse, a reload that must not change anything). With ``verify``
+        the probe output must move exactly when the effective update moved.
+        Costs two probe forwards when verifying.
         """
         started = time.perf_counter()
         state = load_adapter_weights(source) if isinstance(source, (str, Path)) else dict(source)
         self.check_compatible(state)
         new_digest = weights_digest(state)
-        changed = self._effective_update_changed(state)
-        if expect_change is True and new_digest == self.digest:
+        # what the live model will hold: the new values in the live dtype and device
+        incoming = {k: state[k].detach().to(device=p.device, dtype=p.dtype) for k, p in self.params.items()}
+        identical = all(torch.equal(p.detach(), incoming[k]) for k, p in self.params.items())
+        if expect_change is True and identical:
             raise AdapterSwapError(
                 f"no-op swap: version {version!r} was announced as new but its weights equal the live ones "
-                f"(digest {new_digest[:12]}, live version {self.version!r})"
+                f"(live version {self.version!r})"
             )
-        if expect_change is False and new_digest != self.digest:
+        if expect_change is False and not identical:
             raise AdapterSwapError(
                 f"version {version!r} was announced as unchanged but its weights differ from the live ones "
-                f"(digest {new_digest[:12]} != {self.digest[:12]})"
+                f"(live version {self.version!r})"
             )
+        changed = not identical and self._effective_update_changed(incoming)
         backup = {k: p.detach().clone() for k, p in self.params.items()}
         before = self.probe(self.model) if verify else None
-        self._copy(state)
+        self._copy(incoming)
         max_change = float("nan")
         try:
-            not_copied = [
-                k for k, p in self.params.items() if not torch.equal(p.detach(), state[k].to(p.device, p.dtype))
-            ]
+            not_copied = [k for k, p in self.params.items() if not torch.equal(p.detach(), incoming[k])]
             if not_copied:
                 raise AdapterSwapError(f"{len(not_copied)} tensors did not take the new values: {not_copied[:5]}")
             if verify:

@@ -20,14 +20,18 @@ LABEL_COLOR = (40, 40, 40, 255)
 LABEL_HEIGHT = 14  # pixels under each object for its kind and margin
 
 
-def family_seeds(family: str, count: int, first_seed: int = 0, settings: ShapesSettings | None = None) -> list[int]:
-    """The first ``count`` seeds (from ``first_seed``) whose family-less draw lands in ``family``."""
-    seeds, seed = [], first_seed
-    while len(seeds) < count:
-        if family_of_seed(seed, settings) == family:
-            seeds.append(seed)
-        seed += 1
-    return seeds
+def family_seeds(family: str, count: int, settings: ShapesSettings, resolution: int = 64, search: int = 400) -> list[int]:
+    """``count`` seeds whose family-less draw lands in ``family``, showing as many different kinds as possible."""
+    seeds = [seed for seed in range(search) if family_of_seed(seed, settings) == family]
+    chosen, kinds = [], set()
+    for seed in seeds:
+        kind = sample_object(seed, resolution=resolution, settings=settings).kind
+        if kind not in kinds:
+            chosen.append(seed)
+            kinds.add(kind)
+        if len(chosen) == count:
+            return chosen
+    return (chosen + [s for s in seeds if s not in chosen])[:count]
 
 
 def gallery(
@@ -39,7 +43,7 @@ def gallery(
     sheet = Image.new("RGBA", (cell_w * per_family * len(views), cell_h * len(FAMILIES)), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     for row, family in enumerate(FAMILIES):
-        for k, seed in enumerate(family_seeds(family, per_family, settings=settings)):
+        for k, seed in enumerate(family_seeds(family, per_family, settings, resolution)):
             obj = sample_object(seed, resolution=resolution, family=None, settings=settings)
             for v, azimuth in enumerate(views):
                 camera = Camera(azimuth, 20.0, distance=settings.camera_distance, fov_deg=settings.camera_fov_deg)

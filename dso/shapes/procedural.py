@@ -129,7 +129,7 @@ def _realise(
     upright = Pose(yaw=yaw, onset=onset)
     lo, hi = world_bounds(blueprint.solids, upright)
     limit = 0.5 - 1.0 / resolution
-    if lo[:2].min() < -limit or hi[:2].max() > limit or hi[2] > 0.5 or lo[2] < -0.5 - 1e-9:
+    if lo[:2].min() < -limit or hi[:2].max() > limit or hi[2] > 0.5:  # below z = -0.5 the ground cuts it off
         raise _Rejected("outside the unit cube")
     occupancy, _ = voxelize(blueprint.solids, resolution, upright)
     problems = grid_problems(occupancy)
