@@ -90,6 +90,17 @@ def pretrain(
     typer.echo(f"exported {target} in {time.time() - start:.0f} s")
 
 
+from dso.jobs.cli import run as _loop_run, worker_app as _worker_app  # noqa: E402  (the online loop)
+
+app.command("run")(_loop_run)
+app.add_typer(_worker_app, name="worker")
+
+
+from dso.sim.cli import simulate_command  # noqa: E402  (light: MuJoCo loads when the command runs)
+
+app.command("simulate")(simulate_command)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -137,7 +137,7 @@ class SimSettings(Section):
     # collision geometry: grids -> "boxes" (exact merged voxels); meshes -> "decompose" (CoACD);
     # "hull" = one convex hull for collision AND mass (the paper's single-hull behaviour)
     mode: Literal["boxes", "decompose", "hull"] = "boxes"
-    timestep: float = Field(0.002, gt=0)  # s; 2 ms with implicitfast agrees with the 0.25 ms reference
+    timestep: float = Field(0.004, gt=0)  # s; 4 ms with implicitfast agrees with the 0.25 ms reference
     integrator: Literal["euler", "implicitfast", "implicit", "rk4"] = "implicitfast"
     cone: Literal["pyramidal", "elliptic"] = "pyramidal"  # friction cone model
     noslip_iterations: int = Field(0, ge=0)  # MuJoCo noslip post-solver (0 = off)
@@ -148,8 +148,8 @@ class SimSettings(Section):
     tilt_threshold_deg: float = Field(20.0, gt=0, lt=180)  # stable iff final tilt < this
     rest_linear_velocity: float = Field(1e-3, gt=0)  # m/s, centre-of-mass speed at rest
     rest_angular_velocity: float = Field(1e-2, gt=0)  # rad/s at rest
-    rest_dwell_time: float = Field(0.2, ge=0)  # s the rest thresholds must hold
-    check_interval: float = Field(0.01, gt=0)  # s of sim time between rest / wall-clock checks
+    rest_dwell_time: float = Field(0.1, ge=0)  # s the rest thresholds must hold
+    check_interval: float = Field(0.02, gt=0)  # s of sim time between rest / wall-clock checks
     # early stop once tilted past this while still moving (None = off); the reported tilt is
     # then the tilt at that moment, not at the final equilibrium
     fall_stop_tilt_deg: float | None = Field(60.0, gt=0, lt=180)
@@ -185,10 +185,12 @@ class ShapesSettings(Section):
     marginal_fraction: float = Field(0.6, ge=0.0, le=1.0)  # share of objects leaned to a small target margin
     marginal_margin: tuple[float, float] = (0.008, 0.03)  # target support margin of those (unit-cube units)
     min_margin: float = Field(0.006, gt=0.0)  # every object keeps at least this support margin
+    min_tip_angle_deg: float = Field(2.0, ge=0.0)  # ... and must tilt this far before tipping (tall objects need more margin)
     natural_lean: float = Field(0.08, ge=0.0)  # other objects lean by up to this shear (dx/dz)
     max_lean: float = Field(0.35, ge=0.0)  # no object leans more than this shear
     random_yaw: bool = False  # False: objects face +y (canonical frame, as TRELLIS assets are)
     max_attempts: int = Field(25, ge=1)  # redraws before sample_object gives up on a seed
+    supersample_below: int = 32  # grids coarser than this are voxelised at 2x and pooled (thin parts survive)
     training_seed_limit: int = 1_000_000  # training objects use seeds [0, training_seed_limit)
     # -- cameras and renderer (dso.shapes.render) --
     heldout_view_seed: int = 2_000_003  # held-out views of object i: default_views(seed=heldout_view_seed + i)
@@ -323,6 +325,102 @@ class TrainSettings(Section):
     output_dir: Path = Path("runs/train")
 
 
+class LoopSettings(Section):
+    """The online loop (dso.actors, dso.jobs): who runs where, batch sizes, publishing cadence."""
+
+    generators: int = Field(1, ge=1)  # GeneratorActor count
+    simulators: int = Field(1, ge=0)  # simulator actors inside the job (0: only external `dso worker simulate`)
+    samples_per_prompt: int = Field(4, ge=1)  # K shapes per prompt per batch
+    prompts_per_batch: int = Field(2, ge=1)  # prompts per generator batch
+    seed: int = 0  # base of sample seeds and prompt choice
+    default_prompts: int = Field(32, ge=1)  # training prompts seeded when the prompt store is empty
+    default_prompt_seed: int = Field(500_000, ge=0)  # first object seed of those (below training_seed_limit)
+    publish_every: int = Field(20, ge=1)  # learner steps between adapter versions
+    learner_batch: int = Field(8, ge=2)  # records per learner step (half stable, half unstable)
+    min_replay: int = Field(8, ge=2)  # labelled records (both classes present) before training starts
+    ingest_batch: int = Field(32, ge=1)  # labelled entries the learner moves into the replay buffer per poll
+    simulator_batch: int = Field(1, ge=1)  # sample entries a simulator takes per read
+    checkpoint_every: int = Field(0, ge=0)  # learner steps between checkpoints besides each publish (0: only at publish)
+    generator_device: str = "cpu"  # "cpu", "cuda" or "auto"
+    generator_num_gpus: float = Field(0.0, ge=0)
+    generator_num_cpus: float = Field(0.5, gt=0)
+    simulator_num_cpus: float = Field(0.5, gt=0)
+    learner_device: str = "cpu"
+    learner_num_gpus: float = Field(0.0, ge=0)
+    learner_num_cpus: float = Field(0.5, gt=0)
+    ray_num_cpus: int | None = None  # local Ray only: CPUs Ray may schedule; None -> os.cpu_count()
+    idle_sleep_s: float = Field(0.05, ge=0)  # pause of an actor with nothing to do
+    adopt_poll_s: float = Field(0.0, ge=0)  # generators wait this long for a newer adapter between batches
+    duration_s: float | None = Field(None, gt=0)  # stop after this many seconds (None: until Ctrl-C)
+    stop_timeout_s: float = Field(60.0, gt=0)  # how long actors get to finish their batch and checkpoint
+    progress_interval_s: float = Field(2.0, gt=0)  # refresh of the live progress line
+    run_dir: Path | None = None  # checkpoints and summary; None -> broker.run_dir
+    api_enabled: bool = False  # HTTP API inside `dso run` (once dso.api exists)
+    api_port: int = Field(8000, gt=0, lt=65536)
+
+
+class DatasetSettings(Section):
+    """Offline dataset (`dso dataset build`): K labelled samples per training prompt image."""
+
+    objects: int = Field(64, ge=1)  # training objects; object j uses seed object_seed_start + j
+    views_per_object: int = Field(2, ge=1)  # prompt images per object (paper: 6)
+    samples_per_prompt: int = Field(8, ge=1)  # K (paper: 4)
+    object_seed_start: int = Field(100_000, ge=0)  # beyond pretraining's seeds, below training_seed_limit
+    view_seed_start: int = Field(3_000_000, ge=0)  # prompt (j, v) uses view seed view_seed_start + j * views + v
+    sample_seed_start: int = Field(0, ge=0)  # sample k of prompt p uses seed sample_seed_start + p * K + k
+    chunk_prompts: int = Field(8, ge=1)  # prompts per shard: the unit of resume
+    sim_workers: int = Field(0, ge=0)  # oracle processes; 0 -> one per core
+    output_dir: Path = Path("runs/dataset")
+
+
+class EvalSettings(Section):
+    """Held-out evaluation (`dso eval`): K samples per held-out prompt, oracle + geometry metrics."""
+
+    samples_per_prompt: int = Field(4, ge=1)
+    seed: int = Field(7_000_000, ge=0)  # sample k of held-out prompt p uses seed + p * K + k
+    batch_prompts: int = Field(8, ge=1)  # prompts generated per forward batch
+    fscore_tau: float = Field(0.05, gt=0)  # paper: F-score@0.05
+    surface_points: int = Field(2048, ge=64)  # points per mesh for Chamfer / F-score
+    icp_iterations: int = Field(30, ge=1)
+    base_layers: int = Field(2, ge=1)  # voxel layers counted as the "base" for the flat-plate (cheat) check
+    workers: int = Field(0, ge=0)  # oracle + geometry processes; 0 -> one per core
+
+
+class ExperimentSettings(Section):
+    """`dso experiment`: base vs SFT vs DPO vs DRO on the same labelled data and step budget."""
+
+    objectives: list[Literal["sft", "dpo", "dro", "dro_paired"]] = Field(default_factory=lambda: ["sft", "dpo", "dro"])
+    steps: int = Field(300, ge=1)  # per objective
+    eval_every: int = Field(100, ge=1)  # evaluate the adapter every this many steps (curves)
+    output_dir: Path = Path("runs/experiment")
+    docs_dir: Path = Path("docs")  # results.md and results_*.png go here
+    sample_prompts: int = Field(6, ge=1)  # held-out prompts shown in the before / after picture
+
+
+class ApiSettings(Section):
+    """HTTP API (dso.api) and the Prometheus endpoints of every loop process (dso.telemetry)."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 in a container
+    port: int = Field(8000, ge=0, le=65535)
+    max_upload_bytes: int = Field(16 * 1024 * 1024, gt=0)  # per image; keep <= broker.prompt_max_bytes
+    max_image_pixels: int = Field(4096 * 4096, gt=0)  # width * height, checked from the header before decoding
+    max_files_per_request: int = Field(16, ge=1)
+    multipart_overhead_bytes: int = Field(64 * 1024, ge=0)  # boundaries + part headers allowed on top of the files
+    image_formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG", "WEBP"])  # Pillow format names
+    token_env: str = "DSO_API_TOKEN"  # bearer token(s), comma-separated, from this environment variable ...
+    token_file: Path | None = None  # ... and/or a mounted secret file (one token per line)
+    require_auth_for_reads: bool = False  # writes always need a token once one is configured
+    allow_unauthenticated_writes: bool = False  # True: no token configured means open writes (local dev only)
+    default_page_size: int = Field(50, ge=1)
+    max_page_size: int = Field(500, ge=1)
+    readiness_timeout_s: float = Field(2.0, gt=0)  # a Redis ping slower than this reads as not ready
+    archive_cache_entries: int = Field(4, ge=0)  # adapter archives kept in memory (versions are immutable)
+    metrics_port: int = Field(9100, ge=0, le=65535)  # loop processes: first port tried by start_metrics_server
+    metrics_port_span: int = Field(64, ge=1)  # ... then the next ones, so several processes share a host
+    metrics_recent_versions: int = Field(10, ge=1)  # per-version stability gauges for this many newest versions
+    target_ttl_s: int = Field(60, gt=0)  # a process's metrics target expires unless re-announced within this
+
+
 class Settings(Section):
     """The whole configuration tree."""
 
@@ -335,6 +433,11 @@ class Settings(Section):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
+    loop: LoopSettings = Field(default_factory=LoopSettings)  # the online loop (dso.actors, dso.jobs)
 
 
 ENV_PREFIX = "DSO__"

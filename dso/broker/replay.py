@@ -35,9 +35,13 @@ _INSERT_AND_ACK = """
 -- KEYS: seen, data, arrival zset, version zset, seq, stream
 -- ARGV: sample_id, payload, version, per_class_capacity, seen_ttl_s, group ('' = no ack),
 --       entry_id, delete_acked ('1'/'0'), insert ('1'/'0')
-local result = 2
-if ARGV[9] == '1' then
-  result = 0
+local result = 0
+if ARGV[9] ~= '1' then
+  -- no label to store, but remember the id so a redelivered copy reads as a duplicate
+  if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[5])) then
+    result = 2
+  end
+else
   if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[5])) then
     local seq = redis.call('INCR', KEYS[5])
     redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -69,7 +73,7 @@ class IngestResult(enum.Enum):
     """What happened to one labelled record offered to the buffer."""
 
     INSERTED = "inserted"
-    DUPLICATE = "duplicate"  # this sample id was stored before (redelivery / double processing)
+    DUPLICATE = "duplicate"  # this sample id was ingested before (redelivery / double processing)
     SKIPPED = "skipped"  # verdict not ok (invalid input, sim error, timeout): no label to learn from
     DEAD = "dead"  # payload undecodable: dead-lettered
 

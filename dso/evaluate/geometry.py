@@ -65,11 +65,17 @@ def compare_points(pred: np.ndarray, ref: np.ndarray, tau: float = DEFAULT_TAU) 
 
 
 def compare_meshes(
-    pred: trimesh.Trimesh, ref: trimesh.Trimesh, tau: float = DEFAULT_TAU, points: int = DEFAULT_POINTS, seed: int = 0, align: bool = True
+    pred: trimesh.Trimesh,
+    ref: trimesh.Trimesh,
+    tau: float = DEFAULT_TAU,
+    points: int = DEFAULT_POINTS,
+    seed: int = 0,
+    align: bool = True,
+    icp_iterations: int = 50,
 ) -> GeometryScore:
     """Chamfer and F-score of ``pred`` against ``ref`` after unit-cube normalisation and ICP."""
     p = normalize_unit_cube(surface_points(pred, points, seed))
     r = normalize_unit_cube(surface_points(ref, points, seed + 1))
     if align:
-        p = align_icp(p, r)
+        p = align_icp(p, r, iterations=icp_iterations)
     return compare_points(p, r, tau)

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from dso.models.sampler import noisy_latent, velocity_target
+
 VelocityModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 TIMESTEP_SCALE = 1000.0
 
@@ -20,19 +22,6 @@ def sample_t(batch: int, mean: float, std: float, generator: torch.Generator | N
     """Logit-normal timesteps in (0, 1)."""
     z = torch.randn(batch, generator=generator, device=device) * std + mean
     return torch.sigmoid(z)
-
-
-def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return t.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
-
-
-def noisy_latent(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, sigma_min: float) -> torch.Tensor:
-    tb = _bcast(t, x0)
-    return (1 - tb) * x0 + (sigma_min + (1 - sigma_min) * tb) * noise
-
-
-def velocity_target(x0: torch.Tensor, noise: torch.Tensor, sigma_min: float) -> torch.Tensor:
-    return (1 - sigma_min) * noise - x0
 
 
 def per_sample_error(

@@ -47,7 +47,7 @@ class _LoraState:
         self.model = model
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model, save_embedding_layers=False).items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         result = set_peft_model_state_dict(self.model, state)

@@ -24,6 +24,7 @@ out beforehand if you want TRELLIS's behaviour for photos.
 from __future__ import annotations
 
 import io
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,14 @@ _DEFAULTS = ConditionerSettings()
 
 class InvalidImageError(ValueError):
     """The input is not a usable image (corrupt, not an image, too large, or empty)."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """The input exceeds a byte or pixel limit (including decompression bombs)."""
+
+
+class UnsupportedImageError(InvalidImageError):
+    """The input is not an image Pillow recognises, or its format is not one of those allowed."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +65,16 @@ def load_image(
     source: str | Path | bytes | bytearray,
     max_pixels: int | None = None,
     max_bytes: int | None = None,
+    formats: Collection[str] | None = None,
 ) -> Image.Image:
     """Decode an image file or its bytes, refusing corrupt input and decompression bombs.
 
     The file is checked with Pillow's ``verify`` first, its declared size is
     compared with ``max_pixels`` before any pixel is decoded, and then it is
     decoded fully, so truncated files fail here and not later inside a model.
+    ``formats`` (Pillow names such as ``"PNG"``) restricts which formats are accepted.
+    Errors are ``ImageTooLargeError`` (limits), ``UnsupportedImageError`` (not an
+    image / format not allowed) or plain ``InvalidImageError`` (corrupt, empty).
     """
     max_pixels = _DEFAULTS.max_image_pixels if max_pixels is None else max_pixels
     max_bytes = _DEFAULTS.max_image_bytes if max_bytes is None else max_bytes
@@ -75,20 +88,28 @@ def load_image(
             raise InvalidImageError(f"{name}: no such image file")
         size = path.stat().st_size
         if size > max_bytes:
-            raise InvalidImageError(f"{name}: file is {size} bytes, more than the limit of {max_bytes}")
+            raise ImageTooLargeError(f"{name}: file is {size} bytes, more than the limit of {max_bytes}")
         data = path.read_bytes()
     else:
         raise TypeError(f"load_image expects a path or bytes, got {type(source).__name__}")
     if len(data) == 0:
         raise InvalidImageError(f"{name}: empty input")
     if len(data) > max_bytes:
-        raise InvalidImageError(f"{name}: {len(data)} bytes, more than the limit of {max_bytes}")
+        raise ImageTooLargeError(f"{name}: {len(data)} bytes, more than the limit of {max_bytes}")
 
+    allowed = None if formats is None else {f.upper() for f in formats}
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data), formats=sorted(allowed) if allowed is not None else None) as probe:
             probe.verify()
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise InvalidImageError(f"{name}: not a readable image ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        detected = _sniff_format(data)
+        if allowed is not None and detected is not None and detected not in allowed:
+            raise UnsupportedImageError(
+                f"{name}: {detected} images are not accepted (allowed: {', '.join(sorted(allowed))})"
+            ) from exc
+        raise UnsupportedImageError(f"{name}: not a readable image ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt files
         raise InvalidImageError(f"{name}: corrupt image ({type(exc).__name__}: {exc})") from exc
 
@@ -98,17 +119,26 @@ def load_image(
         if width <= 0 or height <= 0:
             raise InvalidImageError(f"{name}: image has no pixels ({width}x{height})")
         if width * height > max_pixels:
-            raise InvalidImageError(
+            raise ImageTooLargeError(
                 f"{name}: {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}"
             )
         image.load()
     except InvalidImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise InvalidImageError(f"{name}: refused as a decompression bomb ({exc})") from exc
+        raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({exc})") from exc
     except Exception as exc:  # noqa: BLE001
         raise InvalidImageError(f"{name}: corrupt image ({type(exc).__name__}: {exc})") from exc
     return image
+
+
+def _sniff_format(data: bytes) -> str | None:
+    """The Pillow format name of an image whatever the allow-list, or None if Pillow knows none."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            return probe.format
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return None
 
 
 def to_rgba(image: Image.Image) -> tuple[Image.Image, bool]:

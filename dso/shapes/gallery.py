@@ -20,7 +20,9 @@ LABEL_COLOR = (40, 40, 40, 255)
 LABEL_HEIGHT = 14  # pixels under each object for its kind and margin
 
 
-def family_seeds(family: str, count: int, settings: ShapesSettings, resolution: int = 64, search: int = 400) -> list[int]:
+def family_seeds(
+    family: str, count: int, settings: ShapesSettings, resolution: int = 64, search: int = 400
+) -> list[int]:
     """``count`` seeds whose family-less draw lands in ``family``, showing as many different kinds as possible."""
     seeds = [seed for seed in range(search) if family_of_seed(seed, settings) == family]
     chosen, kinds = [], set()

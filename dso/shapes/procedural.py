@@ -15,7 +15,13 @@ import numpy as np
 
 from dso.config import ShapesSettings
 from dso.shapes.families import BUILDERS, Blueprint
-from dso.shapes.stability import center_of_mass, signed_distance_inside, support_margin, support_polygon
+from dso.shapes.stability import (
+    center_of_mass,
+    signed_distance_inside,
+    support_margin,
+    support_polygon,
+    tipping_angle,
+)
 from dso.shapes.validity import grid_problems
 from dso.shapes.voxelize import Pose, voxel_centers, voxelize, world_bounds
 
@@ -32,6 +38,7 @@ __all__ = [
     "support_margin",
     "center_of_mass",
     "support_polygon",
+    "tipping_angle",
     "grid_problems",
 ]
 
@@ -60,7 +67,13 @@ class _Rejected(Exception):
 def sample_object(
     seed: int, resolution: int = 64, family: str | None = None, settings: ShapesSettings | None = None
 ) -> ProceduralObject:
-    """The object for ``seed`` (deterministic); ``family`` None lets the seed choose it by settings.family_weights."""
+    """The object for ``seed`` at ``resolution`` (deterministic for a given seed, resolution and settings).
+
+    ``family`` None lets the seed choose one by settings.family_weights. The object is
+    redrawn (from the same seeded stream) until it passes every check: one 6-connected
+    piece touching the ground, clear of the grid's side faces, inside the unit cube,
+    and standing with at least settings.min_margin / settings.min_tip_angle_deg.
+    """
     settings = settings or ShapesSettings()
     if resolution < MIN_RESOLUTION:
         raise ValueError(f"resolution must be >= {MIN_RESOLUTION}, got {resolution}")
@@ -131,7 +144,8 @@ def _realise(
     limit = 0.5 - 1.0 / resolution
     if lo[:2].min() < -limit or hi[:2].max() > limit or hi[2] > 0.5:  # below z = -0.5 the ground cuts it off
         raise _Rejected("outside the unit cube")
-    occupancy, _ = voxelize(blueprint.solids, resolution, upright)
+    supersample = 2 if resolution < settings.supersample_below else 1
+    occupancy, _ = voxelize(blueprint.solids, resolution, upright, supersample)
     problems = grid_problems(occupancy)
     if problems:
         raise _Rejected("; ".join(problems))
@@ -156,20 +170,24 @@ def _realise(
         direction_angle = _nearest_edge_angle(com[:2], polygon)
         direction = np.array([np.cos(direction_angle), np.sin(direction_angle)])
         leans, predicted = predict(direction)
+    # The lean only moves mass sideways, so the CoM height (and with it the margin a tall object needs) is fixed.
+    tip_slope = np.tan(np.deg2rad(settings.min_tip_angle_deg))
+    floor = max(settings.min_margin, tip_slope * (com[2] + 0.5))
     peak = int(np.argmax(predicted))
-    if predicted[peak] < settings.min_margin:
-        raise _Rejected(f"cannot stand: best predicted margin {predicted[peak]:.4f}")
-    lean = _choose_lean(leans, predicted, peak, target, natural, settings.min_margin)
+    if predicted[peak] < floor:
+        raise _Rejected(f"cannot stand: best predicted margin {predicted[peak]:.4f} < {floor:.4f}")
+    lean = _choose_lean(leans, predicted, peak, None if target is None else max(target, floor), natural, floor)
 
     for _ in range(LEAN_BACKOFF_TRIES):
         pose = Pose(yaw=yaw, lean=(float(lean * direction[0]), float(lean * direction[1])), onset=onset)
-        occupancy, parts = voxelize(blueprint.solids, resolution, pose)
+        occupancy, parts = voxelize(blueprint.solids, resolution, pose, supersample)
         margin = support_margin(occupancy)
-        if margin >= settings.min_margin:
+        floor = max(settings.min_margin, tip_slope * (center_of_mass(occupancy)[2] + 0.5))  # exact, after voxelising
+        if margin >= floor:
             break
         lean = leans[peak] + 0.5 * (lean - leans[peak])
     else:
-        raise _Rejected(f"margin {margin:.4f} below min_margin after backing off the lean")
+        raise _Rejected(f"margin {margin:.4f} below the floor {floor:.4f} after backing off the lean")
     problems = grid_problems(occupancy)
     if problems:
         raise _Rejected("; ".join(problems))

@@ -69,6 +69,8 @@ def heldout_prompts(settings: ShapesSettings) -> list[Prompt]:
         obj = sample_object(seed, resolution=settings.resolution, family=family, settings=settings)
         cameras = default_views(settings.heldout_views, settings.heldout_view_seed + index, settings)
         for view, camera in enumerate(cameras):
-            image = render_occupancy(obj.occupancy, camera, size=settings.render_size, parts=obj.parts, settings=settings)
+            image = render_occupancy(
+                obj.occupancy, camera, size=settings.render_size, parts=obj.parts, settings=settings
+            )
             prompts.append(Prompt(f"heldout-{obj.family}-{seed}-v{view}", image, obj, camera))
     return prompts

@@ -19,7 +19,7 @@ from dso.shapes.voxelize import voxel_centers
 
 __all__ = ["Camera", "default_views", "render_occupancy", "render_mesh", "to_pil"]
 
-MIN_SIZE, MAX_SIZE = 32, 512
+MIN_SIZE, MAX_SIZE = 32, 1024  # 518 (the DINOv2 input size) renders directly
 # For a face normal along each axis, the two in-plane axes in counter-clockwise order.
 _FACE_AXES = {0: (1, 2), 1: (2, 0), 2: (0, 1)}
 _CORNER_SIGNS = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64)

@@ -77,3 +77,15 @@ def support_margin(occupancy: np.ndarray) -> float:
     """Distance (unit-cube units) of the CoM's ground projection inside the support polygon; < 0 = tips over."""
     com = center_of_mass(occupancy)
     return float(signed_distance_inside(com[None, :2], support_polygon(occupancy))[0])
+
+
+def tipping_angle(occupancy: np.ndarray) -> float:
+    """Degrees the object must tilt about its nearest support edge before it tips over (< 0: it already does).
+
+    atan(margin / CoM height above the ground): the same margin is safer for a low
+    object than for a tall one.
+    """
+    occ = _check_grid(occupancy)
+    com = center_of_mass(occ)
+    ground = -0.5 + int(np.argmax(occ.any(axis=(0, 1)))) / occ.shape[0]
+    return float(np.degrees(np.arctan2(support_margin(occ), com[2] - ground)))

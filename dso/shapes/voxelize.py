@@ -60,10 +60,24 @@ def _index_range(lo: float, hi: float, resolution: int) -> tuple[int, int]:
     return max(first, 0), min(last, resolution - 1) + 1
 
 
-def voxelize(solids: Sequence[Solid], resolution: int, pose: Pose = Pose()) -> tuple[np.ndarray, np.ndarray]:
-    """Occupancy (bool) and part labels (uint8, 0 = empty) of the posed solids; later solids win labels."""
-    if resolution < 1:
-        raise ValueError(f"resolution must be positive, got {resolution}")
+def voxelize(
+    solids: Sequence[Solid], resolution: int, pose: Pose = Pose(), supersample: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Occupancy (bool) and part labels (uint8, 0 = empty) of the posed solids; later solids win labels.
+
+    ``supersample`` > 1 voxelises at ``supersample * resolution`` and marks a coarse
+    voxel occupied when any of its fine voxels is (label: the largest among them).
+    That keeps parts thinner than a coarse voxel, and keeps 6-connected shapes
+    connected, which coarse grids (R < 32) need.
+    """
+    if resolution < 1 or supersample < 1:
+        raise ValueError(f"resolution and supersample must be positive, got {resolution}, {supersample}")
+    if supersample > 1:
+        fine_occ, fine_parts = voxelize(solids, resolution * supersample, pose)
+        shape = (resolution, supersample) * 3
+        occupancy = fine_occ.reshape(shape).any(axis=(1, 3, 5))
+        parts = fine_parts.reshape(shape).max(axis=(1, 3, 5))
+        return occupancy, parts
     occupancy = np.zeros((resolution,) * 3, dtype=bool)
     parts = np.zeros((resolution,) * 3, dtype=np.uint8)
     centers = voxel_centers(resolution)

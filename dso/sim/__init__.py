@@ -1,1 +1,36 @@
-"""DSO sim."""
+"""The stability oracle: geometry -> MuJoCo -> verdict (pure library: no Ray, Redis or HTTP).
+
+    from dso.sim import simulate, label_batch, OraclePool, Verdict
+    verdict = simulate(occupancy_or_mesh_or_path, SimSettings())
+
+Names are imported lazily, so that ``import dso.sim.cli`` (and ``dso --help``)
+does not load MuJoCo.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "OraclePool": "dso.sim.batch",
+    "label_batch": "dso.sim.batch",
+    "simulate": "dso.sim.oracle",
+    "paper_settings": "dso.sim.presets",
+    "reference_settings": "dso.sim.presets",
+    "rotation_deg": "dso.sim.rotation",
+    "tilt_deg": "dso.sim.rotation",
+    "SimStatus": "dso.sim.verdict",
+    "StopReason": "dso.sim.verdict",
+    "Verdict": "dso.sim.verdict",
+    "InvalidInputError": "dso.sim.errors",
+    "SimulationError": "dso.sim.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dso.sim' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -25,6 +25,8 @@ from dso.sim.verdict import SimStatus, Verdict
 # The parent's hard deadline per item: the in-worker limit times this, plus a fixed grace.
 _DEADLINE_FACTOR = 1.5
 _DEADLINE_GRACE_S = 2.0
+_READY = "ready"
+_MAX_START_FAILURES = 3  # fresh workers dying before they are ready means a broken environment
 
 
 def resolve_workers(workers: int | None, settings: SimSettings) -> int:
@@ -38,6 +40,7 @@ def resolve_workers(workers: int | None, settings: SimSettings) -> int:
 def _worker_main(conn: Connection, settings_json: str) -> None:
     """Worker loop: receive (index, item), send (index, verdict JSON); None ends it."""
     settings = SimSettings.model_validate_json(settings_json)
+    conn.send(_READY)  # imports done: item deadlines start counting only from here
     while True:
         try:
             message = conn.recv()
@@ -55,16 +58,30 @@ class _Worker:
     conn: Connection
     index: int | None = None  # item in flight
     deadline: float = 0.0
+    ready: bool = False
 
 
-class _Pool:
-    """Fixed-size set of worker processes, replaced when they hang or die."""
+class OraclePool:
+    """A reusable pool of oracle worker processes (start once, label many batches).
 
-    def __init__(self, size: int, settings: SimSettings, context: str):
+    Workers that overrun the hard deadline or die are killed and replaced, and
+    the item gets a ``timeout`` or ``sim_error`` verdict. Use as a context
+    manager, or call ``close()``.
+    """
+
+    def __init__(self, settings: SimSettings | None = None, workers: int | None = None, context: str = "spawn"):
+        settings = settings or SimSettings()
         self._ctx = mp.get_context(context)
         self._settings_json = settings.model_dump_json()
         self.hard_timeout_s = settings.item_timeout_s * _DEADLINE_FACTOR + _DEADLINE_GRACE_S
-        self.workers = [self._start() for _ in range(size)]
+        self._start_failures = 0
+        self.workers = [self._start() for _ in range(resolve_workers(workers, settings))]
+
+    def __enter__(self) -> "OraclePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
@@ -73,12 +90,12 @@ class _Pool:
         child.close()
         return _Worker(process, parent)
 
-    def submit(self, worker: _Worker, index: int, item: SimInput) -> None:
+    def _submit(self, worker: _Worker, index: int, item: SimInput) -> None:
         worker.index = index
         worker.deadline = time.monotonic() + self.hard_timeout_s
         worker.conn.send((index, item))
 
-    def replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker) -> None:
         """Kill a worker (if still alive) and put a fresh one in its place."""
         if worker.process.is_alive():
             worker.process.kill()
@@ -86,7 +103,28 @@ class _Pool:
         worker.conn.close()
         self.workers[self.workers.index(worker)] = self._start()
 
+    def _mark_ready(self, worker: _Worker) -> None:
+        """Read the worker's ready message, or replace it if it died while starting."""
+        try:
+            worker.ready = worker.conn.recv() == _READY
+            self._start_failures = 0
+        except (EOFError, OSError):
+            self._start_failures += 1
+            if self._start_failures > _MAX_START_FAILURES * max(1, len(self.workers)):
+                raise RuntimeError("oracle worker processes die while starting; check that dso.sim imports") from None
+            self._replace(worker)
+
+    def _await_starting(self) -> bool:
+        """With nothing in flight, block until some starting worker is ready; True if it waited."""
+        if any(w.index is not None or w.ready for w in self.workers):
+            return False
+        starting = [w for w in self.workers if not w.ready]
+        for conn in wait([w.conn for w in starting]):
+            self._mark_ready(next(w for w in starting if w.conn is conn))
+        return True
+
     def close(self) -> None:
+        """Stop every worker (politely, then by force)."""
         for worker in self.workers:
             try:
                 worker.conn.send(None)
@@ -98,6 +136,62 @@ class _Pool:
                 worker.process.kill()
                 worker.process.join()
             worker.conn.close()
+        self.workers = []
+
+    def map(self, items: Sequence[SimInput], on_result: Callable[[int, Verdict], None] | None = None) -> list[Verdict]:
+        """Verdicts for ``items`` in input order; ``on_result(index, verdict)`` as each finishes."""
+        if not self.workers:
+            raise RuntimeError("OraclePool is closed")
+        results: list[Verdict | None] = [None] * len(items)
+        pending = deque(range(len(items)))
+
+        def finish(worker: _Worker, verdict: Verdict) -> None:
+            index = worker.index
+            assert index is not None
+            worker.index = None
+            results[index] = verdict
+            if on_result is not None:
+                on_result(index, verdict)
+
+        while pending or any(w.index is not None for w in self.workers):
+            for worker in list(self.workers):
+                if worker.ready and worker.index is None and pending:
+                    index = pending.popleft()
+                    try:
+                        self._submit(worker, index, items[index])
+                    except Exception as exc:  # unpicklable item, or the worker already died
+                        finish(worker, Verdict.failure(SimStatus.invalid_input, f"cannot send item to worker: {exc}"))
+                        self._replace(worker)
+            if self._await_starting():
+                continue
+            busy = [w for w in self.workers if w.index is not None]
+            if not busy:
+                continue
+            timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+            starting = [w.conn for w in self.workers if not w.ready] if pending else []
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy] + starting, timeout=timeout)
+            now = time.monotonic()
+            for worker in self.workers:
+                if not worker.ready and worker.conn in ready:
+                    self._mark_ready(worker)
+            for worker in busy:
+                if worker.conn in ready:
+                    try:
+                        _, payload = worker.conn.recv()
+                        finish(worker, Verdict.model_validate_json(payload))
+                        continue
+                    except (EOFError, OSError):
+                        pass  # died while answering: handled as a dead worker below
+                if worker.process.sentinel in ready or not worker.process.is_alive():
+                    worker.process.join(timeout=1)
+                    code = worker.process.exitcode
+                    finish(worker, Verdict.failure(SimStatus.sim_error, f"worker process died (exit code {code})"))
+                    self._replace(worker)
+                elif now >= worker.deadline:
+                    message = f"worker did not answer within {self.hard_timeout_s:g} s; killed and replaced"
+                    finish(worker, Verdict.failure(SimStatus.timeout, message, elapsed_s=self.hard_timeout_s))
+                    self._replace(worker)
+        return [v or Verdict.failure(SimStatus.sim_error, "no result") for v in results]
 
 
 def label_batch(
@@ -107,72 +201,10 @@ def label_batch(
     on_result: Callable[[int, Verdict], None] | None = None,
     context: str = "spawn",
 ) -> list[Verdict]:
-    """Verdicts for ``items`` in order, computed by a process pool (``workers``: None -> settings, 0 -> all cores).
-
-    ``on_result(index, verdict)`` is called as each item finishes (in completion order).
-    """
-    settings = settings or SimSettings()
-    results: list[Verdict | None] = [None] * len(items)
+    """Verdicts for ``items`` in order, from a pool started for this call (``workers``: None -> settings, 0 -> all cores)."""
     if not items:
         return []
-    pending = deque(range(len(items)))
-    pool = _Pool(min(resolve_workers(workers, settings), len(items)), settings, context)
-
-    def finish(index: int, verdict: Verdict) -> None:
-        results[index] = verdict
-        if on_result is not None:
-            on_result(index, verdict)
-
-    try:
-        while pending or any(w.index is not None for w in pool.workers):
-            for worker in pool.workers:
-                if worker.index is None and pending:
-                    index = pending.popleft()
-                    try:
-                        pool.submit(worker, index, items[index])
-                    except Exception as exc:  # unpicklable item, or the worker already died
-                        worker.index = None
-                        finish(index, Verdict.failure(SimStatus.invalid_input, f"cannot send item to worker: {exc}"))
-                        pool.replace(worker)
-            busy = [w for w in pool.workers if w.index is not None]
-            if not busy:
-                continue
-            timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout)
-            now = time.monotonic()
-            for worker in busy:
-                index = worker.index
-                assert index is not None
-                if worker.conn in ready:
-                    try:
-                        _, payload = worker.conn.recv()
-                        finish(index, Verdict.model_validate_json(payload))
-                        worker.index = None
-                        continue
-                    except (EOFError, OSError):
-                        pass  # died while answering: handled as a dead worker below
-                if worker.process.sentinel in ready or not worker.process.is_alive():
-                    worker.process.join(timeout=1)
-                    code = worker.process.exitcode
-                    finish(index, Verdict.failure(SimStatus.sim_error, f"worker process died (exit code {code})"))
-                    worker.index = None
-                    pool.replace(worker)
-                elif now >= worker.deadline:
-                    finish(
-                        index,
-                        Verdict.failure(
-                            SimStatus.timeout,
-                            f"worker did not answer within {pool.hard_timeout_s:g} s; killed and replaced",
-                            elapsed_s=pool.hard_timeout_s,
-                        ),
-                    )
-                    worker.index = None
-                    pool.replace(worker)
-    finally:
-        pool.close()
-    return _fill(results)
-
-
-def _fill(results: list[Verdict | None]) -> list[Verdict]:
-    """Never return holes: anything unanswered is a sim_error."""
-    return [v or Verdict.failure(SimStatus.sim_error, "no result (batch interrupted)") for v in results]
+    settings = settings or SimSettings()
+    size = min(resolve_workers(workers, settings), len(items))
+    with OraclePool(settings, size, context) as pool:
+        return pool.map(items, on_result)

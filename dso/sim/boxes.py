@@ -26,14 +26,24 @@ def _runs_along_last_axis(occ: np.ndarray) -> np.ndarray:
 
 
 def _merge_consecutive(keys: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Group rows with equal ``keys`` at consecutive ``pos``: (key, start, end) per group."""
-    order = np.lexsort((pos,) + tuple(keys.T[::-1]))
-    k, p = keys[order], pos[order]
-    starts = np.ones(len(p), dtype=bool)
-    starts[1:] = np.any(k[1:] != k[:-1], axis=1) | (p[1:] != p[:-1] + 1)
+    """Group rows with equal ``keys`` at consecutive ``pos``: (key, start, end) per group.
+
+    Keys and position are packed into one integer code (position as the last
+    digit), so after one sort, a row continues the previous group exactly
+    when its code is the previous code plus one.
+    """
+    base = int(max(keys.max(initial=0), pos.max(initial=0))) + 2
+    code = np.zeros(len(pos), dtype=np.int64)
+    for column in keys.T:
+        code = code * base + column
+    code = code * base + pos
+    order = np.argsort(code)
+    code = code[order]
+    starts = np.ones(len(code), dtype=bool)
+    starts[1:] = code[1:] != code[:-1] + 1
     idx = np.nonzero(starts)[0]
-    last = np.r_[idx[1:], len(p)] - 1
-    return k[idx], p[idx], p[last] + 1
+    last = np.r_[idx[1:], len(code)] - 1
+    return keys[order[idx]], pos[order[idx]], pos[order[last]] + 1
 
 
 def _merge_xyz(occ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,11 +71,14 @@ def merge_boxes(occupancy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     occ = np.asarray(occupancy, dtype=bool)
     if occ.ndim != 3:
         raise ValueError(f"occupancy must be 3-D, got shape {occ.shape}")
-    if not occ.any():
+    flat = np.flatnonzero(occ)
+    if len(flat) == 0:
         return np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64)
-    # work on the bounding box of the occupied voxels only
-    origin = np.array([np.flatnonzero(occ.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1))])
-    end = np.array([np.flatnonzero(occ.any(axis=axes))[-1] + 1 for axes in ((1, 2), (0, 2), (0, 1))])
+    # work on the bounding box of the occupied voxels only (flat indices are sorted by x)
+    ny, nz = occ.shape[1], occ.shape[2]
+    y, z = (flat // nz) % ny, flat % nz
+    origin = np.array([flat[0] // (ny * nz), y.min(), z.min()])
+    end = np.array([flat[-1] // (ny * nz), y.max(), z.max()]) + 1
     crop = occ[origin[0]:end[0], origin[1]:end[1], origin[2]:end[2]]
     best: tuple[np.ndarray, np.ndarray] | None = None
     for order in _AXIS_ORDERS:

@@ -50,20 +50,42 @@ def _hull(points: np.ndarray, what: str) -> trimesh.Trimesh:
     return mesh
 
 
-def _boxes_on_hull_vertices(corners: np.ndarray) -> np.ndarray:
-    """Mask of boxes (corners (K, 8, 3)) holding at least one vertex of the convex hull of all corners.
+def _line_extremes(points: np.ndarray) -> np.ndarray:
+    """Drop lattice points that lie strictly between two others on an axis-parallel line.
+
+    Such points are never convex-hull vertices, so the hull of what is left is
+    the same hull; it cuts qhull's input (box corners) by about 5x.
+    """
+    for axis in (2, 0, 1):
+        others = [a for a in range(3) if a != axis]
+        base = int(points.max()) + 1
+        code = (points[:, others[0]] * base + points[:, others[1]]) * base + points[:, axis]
+        order = np.argsort(code)
+        line = code[order] // base
+        ends = np.ones(len(line), dtype=bool)
+        ends[1:-1] = (line[1:-1] != line[:-2]) | (line[1:-1] != line[2:])
+        points = points[order[ends]]
+    return points
+
+
+def _hull_vertex_boxes(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Mask of boxes (integer corners ``lo``, ``hi``) holding the vertices of the solid's convex hull.
 
     A rigid body touches a plane only where the plane supports its convex hull,
     and that contact patch is the hull of the hull vertices lying in the plane.
     Boxes holding those vertices therefore give every orientation exactly the
     same support polygon as the whole solid; the other boxes never change it.
     """
+    points = _line_extremes(_box_corners(lo, hi).reshape(-1, 3))
     try:
-        hull = ConvexHull(corners.reshape(-1, 3))
+        vertices = points[ConvexHull(points.astype(float)).vertices]
     except QhullError:  # flat sheet of voxels: keep everything
-        return np.ones(len(corners), dtype=bool)
-    keep = np.zeros(len(corners), dtype=bool)
-    keep[hull.vertices // 8] = True
+        return np.ones(len(lo), dtype=bool)
+    inside = np.all((lo[None] <= vertices[:, None]) & (vertices[:, None] <= hi[None]), axis=2)  # (V, K)
+    # each vertex goes to the box (among those holding it) that holds the most vertices
+    score = inside * inside.sum(axis=0)[None, :]
+    keep = np.zeros(len(lo), dtype=bool)
+    keep[np.argmax(score, axis=1)] = True
     return keep
 
 
@@ -74,7 +96,7 @@ def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 def grid_geometry(occupancy: np.ndarray, settings: SimSettings, mode: str) -> CollisionGeometry:
     """Boxes (exact) or one hull for an (N, N, N) grid; voxel i spans [i/N - 0.5, (i+1)/N - 0.5] * scale."""
-    count = int(occupancy.sum())
+    count = int(np.count_nonzero(occupancy))
     if count == 0:
         raise InvalidInputError("occupancy grid is empty: no occupied voxels")
     if count < settings.min_voxels:
@@ -85,13 +107,12 @@ def grid_geometry(occupancy: np.ndarray, settings: SimSettings, mode: str) -> Co
     z0 = lo[:, 2].min()
     to_metres = lambda idx: (idx - np.array([n / 2, n / 2, z0])) * voxel  # lowest voxel face at z = 0
     lo_m, hi_m = to_metres(lo).astype(float), to_metres(hi).astype(float)
-    corners = _box_corners(lo_m, hi_m)
     if mode == "hull":
-        hull_mesh = _hull(corners.reshape(-1, 3), "occupancy grid")
+        hull_mesh = _hull(to_metres(_line_extremes(_box_corners(lo, hi).reshape(-1, 3))), "occupancy grid")
         mass = mesh_mass_properties(hull_mesh, settings.density)
         return CollisionGeometry("hull", mass, convex_parts=[np.asarray(hull_mesh.vertices)], total_boxes=len(lo))
     mass = box_mass_properties(lo_m, hi_m, settings.density)
-    keep = _boxes_on_hull_vertices(corners) if settings.prune_collision_boxes else np.ones(len(lo), dtype=bool)
+    keep = _hull_vertex_boxes(lo, hi) if settings.prune_collision_boxes else np.ones(len(lo), dtype=bool)
     return CollisionGeometry(
         "boxes",
         mass,

@@ -131,7 +131,8 @@ def _bird(rng, params) -> Blueprint:
     solids: list[Solid] = [Ellipsoid(Part.BODY, (0.0, body_y, body_z), body)]
     for side in (-1, 1):
         solids.append(Box(Part.BASE, (side * stance, toe_l * 0.3, GROUND + foot_t / 2), (0.04, toe_l / 2, foot_t / 2)))
-        solids.append(Cylinder(Part.LEG, (side * stance, 0.0, GROUND + foot_t / 2), (side * stance * 0.7, body_y, body_z), leg_r))
+        ankle, hip = (side * stance, 0.0, GROUND + foot_t / 2), (side * stance * 0.7, body_y, body_z)
+        solids.append(Cylinder(Part.LEG, ankle, hip, leg_r))
     solids.append(Capsule(Part.BODY, tuple(neck_base), tuple(head), max(0.04, head_r * 0.6)))
     solids.append(Ellipsoid(Part.HEAD, tuple(head), (head_r, head_r, head_r)))
     beak_tip = head + np.array([0.0, head_r + draw(rng, params, "beak_length", 0.03, 0.09), -0.01])

@@ -8,6 +8,8 @@ from dso.shapes.families.blueprint import GROUND, Blueprint, draw, pick
 from dso.shapes.parts import Part
 from dso.shapes.primitives import Box, Cylinder, Solid
 
+KINDS = ("chair", "table", "stool", "shelf")
+
 PANEL = 0.025  # half thickness of boards and panels (>= 1.6 voxels across at R = 32)
 LEAN_START = 0.04  # legs lean from this height above the ground, so the feet keep their footprint
 
@@ -15,7 +17,7 @@ LEAN_START = 0.04  # legs lean from this height above the ground, so the feet ke
 def build(rng: np.random.Generator) -> Blueprint:
     """A chair, table, stool or shelf standing on the ground."""
     params: dict = {}
-    kind = pick(rng, params, "kind", ("chair", "table", "stool", "shelf"))
+    kind = pick(rng, params, "kind", KINDS)
     return {"chair": _chair, "table": _table, "stool": _stool, "shelf": _shelf}[kind](rng, params)
 
 
@@ -58,7 +60,8 @@ def _table(rng, params) -> Blueprint:
         foot_r = draw(rng, params, "foot_radius", 0.07, 0.16)
         foot_t = draw(rng, params, "foot_thickness", 0.035, 0.06)
         solids.append(Cylinder(Part.BASE, (0.0, 0.0, GROUND), (0.0, 0.0, GROUND + foot_t), foot_r))
-        solids.append(Cylinder(Part.LEG, (0.0, 0.0, GROUND + foot_t / 2), (0.0, 0.0, top_z), draw(rng, params, "column_radius", 0.035, 0.06)))
+        column_r = draw(rng, params, "column_radius", 0.035, 0.06)
+        solids.append(Cylinder(Part.LEG, (0.0, 0.0, GROUND + foot_t / 2), (0.0, 0.0, top_z), column_r))
         return Blueprint("table", solids, GROUND + foot_t, params)
     leg = draw(rng, params, "leg_half_width", 0.025, 0.04)
     inset = 0.7 if round_top else 1.0
@@ -100,5 +103,6 @@ def _shelf(rng, params) -> Blueprint:
         load = draw(rng, params, "load_half_size", 0.04, 0.08)
         side = draw(rng, params, "load_side", -1.0, 1.0) * (half_w - load)
         load_top = min(top + 2 * load, 0.45)
-        solids.append(Box(Part.DETAIL, (side, 0.0, (top + load_top) / 2), (load, half_d * 0.8, (load_top - top) / 2 + PANEL)))
+        half = (load, half_d * 0.8, (load_top - top) / 2 + PANEL)
+        solids.append(Box(Part.DETAIL, (side, 0.0, (top + load_top) / 2), half))
     return Blueprint("shelf", solids, GROUND + LEAN_START, params)

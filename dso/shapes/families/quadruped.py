@@ -8,11 +8,13 @@ from dso.shapes.families.blueprint import GROUND, Blueprint, draw, pick
 from dso.shapes.parts import Part
 from dso.shapes.primitives import Capsule, Cylinder, Ellipsoid, Solid
 
+KINDS = ("dog", "horse", "giraffe")
+
 
 def build(rng: np.random.Generator) -> Blueprint:
     """An animal facing +y standing on its paws."""
     params: dict = {}
-    kind = pick(rng, params, "kind", ("dog", "horse", "giraffe"))
+    kind = pick(rng, params, "kind", KINDS)
     neck_range = {"dog": (0.06, 0.14), "horse": (0.12, 0.22), "giraffe": (0.22, 0.38)}[kind]
     leg_range = {"dog": (0.1, 0.22), "horse": (0.2, 0.35), "giraffe": (0.25, 0.4)}[kind]
     body_l = draw(rng, params, "body_half_length", 0.14, 0.28)

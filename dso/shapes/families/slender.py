@@ -8,11 +8,13 @@ from dso.shapes.families.blueprint import GROUND, Blueprint, draw, pick
 from dso.shapes.parts import Part
 from dso.shapes.primitives import Capsule, Cylinder, Ellipsoid, Frustum, Lathe, Solid
 
+KINDS = ("lamp", "tree", "vase", "bottle")
+
 
 def build(rng: np.random.Generator) -> Blueprint:
     """A lamp, tree, vase or bottle standing upright."""
     params: dict = {}
-    kind = pick(rng, params, "kind", ("lamp", "tree", "vase", "bottle"))
+    kind = pick(rng, params, "kind", KINDS)
     return {"lamp": _lamp, "tree": _tree, "vase": _vase, "bottle": _bottle}[kind](rng, params)
 
 
@@ -61,7 +63,8 @@ def _tree(rng, params) -> Blueprint:
         tier_h = (0.45 - z) / tiers
         for tier in range(tiers):
             radius = r * (1.0 - 0.25 * tier)
-            solids.append(Frustum(Part.TOP, (shift[0], shift[1], z), (shift[0], shift[1], z + tier_h * 1.3), radius, 0.03))
+            bottom, apex = (shift[0], shift[1], z), (shift[0], shift[1], z + tier_h * 1.3)
+            solids.append(Frustum(Part.TOP, bottom, apex, radius, 0.03))
             z += tier_h * 0.85
     onset = GROUND + 0.04
     return Blueprint("tree", solids, onset, params)

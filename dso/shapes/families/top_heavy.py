@@ -8,11 +8,13 @@ from dso.shapes.families.blueprint import GROUND, Blueprint, draw, pick
 from dso.shapes.parts import Part
 from dso.shapes.primitives import Box, Cylinder, Ellipsoid, Frustum, Lathe, Solid
 
+KINDS = ("mushroom", "sign", "umbrella")
+
 
 def build(rng: np.random.Generator) -> Blueprint:
     """A mushroom, sign or umbrella on a small footprint."""
     params: dict = {}
-    kind = pick(rng, params, "kind", ("mushroom", "sign", "umbrella"))
+    kind = pick(rng, params, "kind", KINDS)
     return {"mushroom": _mushroom, "sign": _sign, "umbrella": _umbrella}[kind](rng, params)
 
 
@@ -69,7 +71,8 @@ def _umbrella(rng, params) -> Blueprint:
         Cylinder(Part.LEG, (0.0, 0.0, GROUND + stand_t / 2), (0.0, 0.0, top), 0.035),
     ]
     if dome:
-        solids.append(Ellipsoid(Part.TOP, (0.0, 0.0, top - canopy_h), (canopy_r, canopy_r, canopy_h), z_min=top - canopy_h))
+        rim = top - canopy_h
+        solids.append(Ellipsoid(Part.TOP, (0.0, 0.0, rim), (canopy_r, canopy_r, canopy_h), z_min=rim))
     else:
         solids.append(Frustum(Part.TOP, (0.0, 0.0, top - canopy_h), (0.0, 0.0, top), canopy_r, 0.03))
     solids.append(Cylinder(Part.DETAIL, (0.0, 0.0, top - 0.01), (0.0, 0.0, min(top + 0.04, 0.46)), 0.035))

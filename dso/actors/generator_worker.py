@@ -1,0 +1,139 @@
+"""Generator role: sample prompts, generate K shapes each with the current LoRA policy, enqueue them.
+
+Every sample carries the adapter version that made it. Between batches (never
+inside one, so a batch has exactly one version) the worker looks for a newer
+published adapter and hot-swaps it into the live model with
+:class:`dso.models.lora.AdapterSwapper`, which proves the swap changed the
+model's output; the publish-to-adopt latency goes to :class:`AdoptionLog`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from dso.actors.prompt_images import PromptImages
+from dso.actors.telemetry import AdoptionLog
+from dso.broker.adapter_store import AdapterStoreError
+from dso.broker.broker import Broker
+from dso.broker.keys import KeySpace
+from dso.broker.records import SampleRecord
+from dso.config import Settings
+from dso.models.generator import Generator
+from dso.models.lora import AdapterSwapError, AdapterSwapper, attach_lora, flow_model_probe
+
+log = logging.getLogger(__name__)
+SEED_SPACE = 2**40  # sample seeds are drawn from [0, SEED_SPACE); each sample records its own
+
+
+@dataclass(frozen=True)
+class GeneratedBatch:
+    """What one ``step`` enqueued."""
+
+    samples: int
+    adapter_version: int
+    seconds: float
+    sample_ids: tuple[str, ...]
+
+
+def generator_settings(settings: Settings) -> Settings:
+    """The settings with the model placed on the loop's generator device."""
+    model = settings.model.model_copy(update={"device": settings.loop.generator_device})
+    return settings.model_copy(update={"model": model})
+
+
+class GeneratorWorker:
+    """One generator: the policy (base + LoRA) and the loop around it."""
+
+    def __init__(self, broker: Broker, settings: Settings, name: str = "generator-0", generator: Generator | None = None):
+        self.broker = broker
+        self.settings = settings
+        self.loop = settings.loop
+        self.name = name
+        self.generator = generator or Generator.from_settings(generator_settings(settings))
+        # the live policy is base + LoRA from the start (B = 0: version 0 is the base model), so
+        # every later version is an in-place copy of adapter weights, never a model rebuild
+        self.policy = attach_lora(self.generator.modules.flow, settings.lora).eval()
+        self.generator.flow = self.policy
+        self.swapper = AdapterSwapper(self.policy, flow_model_probe(self.policy, settings.lora), settings.lora)
+        self.version = 0
+        self.images = PromptImages(broker.prompts, settings)
+        self.adoptions = AdoptionLog(broker.connection.client, KeySpace(broker.settings.key_prefix))
+        self.rng = np.random.default_rng([settings.loop.seed, zlib.crc32(name.encode()), time.time_ns()])
+        self.refused_versions: set[int] = set()
+        self.generated = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.loop.prompts_per_batch * self.loop.samples_per_prompt
+
+    # --- adapters -----------------------------------------------------------------
+
+    def latest_version(self) -> int:
+        """The newest announced version (registry), falling back to the store's pointer."""
+        if self.loop.adopt_poll_s > 0:
+            newer = self.broker.registry.wait_for_newer(self.version, self.loop.adopt_poll_s)
+            if newer is not None:
+                return newer
+        announced = self.broker.registry.latest()
+        stored = self.broker.adapters.latest()
+        return max(announced or 0, stored or 0)
+
+    def maybe_adopt(self) -> int | None:
+        """Hot-swap to the newest adapter if it is newer than the live one; returns the version adopted."""
+        latest = self.latest_version()
+        if latest <= self.version or latest in self.refused_versions:
+            return None
+        try:
+            manifest = self.broker.adapters.manifest(latest)
+            path = self.broker.adapters.path(latest)  # verifies the sha256 against the manifest
+            self.swapper.swap(path, version=str(latest), expect_change=True)
+        except (AdapterStoreError, AdapterSwapError, OSError, ValueError) as exc:
+            # a corrupt or unloadable version is skipped, not retried forever; the next one is tried
+            log.error("%s: refusing adapter version %d: %s", self.name, latest, exc)
+            self.refused_versions.add(latest)
+            return None
+        self.version = latest
+        latency = time.time() - datetime.fromisoformat(manifest.created_at).timestamp()
+        self.adoptions.record(latest, latency, self.name)
+        log.info("%s: adopted adapter version %d (%.3f s after publish)", self.name, latest, latency)
+        return latest
+
+    # --- one batch ----------------------------------------------------------------
+
+    def step(self) -> GeneratedBatch | None:
+        """Adopt a newer adapter if any, then generate and enqueue one batch; None when there is no room or no prompt."""
+        self.maybe_adopt()
+        n = self.batch_size
+        if not self.broker.admission.admit(n):
+            return None
+        prompt_ids = self.broker.prompts.active()
+        if not prompt_ids:
+            return None
+        chosen = [str(p) for p in self.rng.choice(prompt_ids, size=self.loop.prompts_per_batch)]
+        images = [self.images.get(pid) for pid in chosen]
+        first_seed = int(self.rng.integers(0, SEED_SPACE))
+        started = time.perf_counter()
+        shapes = self.generator.generate(images, samples_per_image=self.loop.samples_per_prompt, seed=first_seed)
+        seconds = time.perf_counter() - started
+        ids = []
+        for shape in shapes:
+            record = SampleRecord(
+                prompt_id=chosen[shape.image_index],
+                view=0,
+                adapter_version=self.version,
+                seed=shape.seed,
+                latent=shape.latent.numpy(),
+                occupancy=shape.occupancy,
+                generation_seconds=seconds / len(shapes),
+            )
+            self.broker.samples.put(record.sample_id, record.to_bytes())
+            ids.append(record.sample_id)
+        self.broker.stats.record_generated(self.version, len(shapes), seconds)
+        self.generated += len(shapes)
+        return GeneratedBatch(len(shapes), self.version, seconds, tuple(ids))

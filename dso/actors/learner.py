@@ -1,0 +1,219 @@
+"""Learner role: labelled stream -> replay buffer -> DRO (or DPO) steps -> adapter versions.
+
+Each ``step`` moves newly labelled samples into the replay buffer (atomic
+ingest + ack, deduplicated by sample id) and counts them in the live stats,
+then, once both classes are present, trains one step on a class-balanced draw
+of fresh-enough samples (``broker.max_staleness_versions``). Every
+``loop.publish_every`` steps it checkpoints (adapter, optimiser, step, RNG,
+version) into the run directory and publishes the adapter as the next version.
+A restarted learner loads that checkpoint and continues the version sequence
+from the adapter store, and the replay buffer lives on in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dso.actors.prompt_images import PromptImages
+from dso.broker.adapter_store import AdapterManifest
+from dso.broker.broker import Broker
+from dso.broker.records import LabelledRecord
+from dso.broker.replay import IngestResult
+from dso.config import Settings
+from dso.learner.trainer import ADAPTER_DIR, CHECKPOINT_FILE, FineTuner, TrainBatch
+from dso.models.factory import resolve_device
+from dso.models.generator import Generator
+
+log = logging.getLogger(__name__)
+STATE_FILE = "learner_state.json"
+COUNTED = (IngestResult.INSERTED, IngestResult.SKIPPED)  # first sight of a sample id: count it once
+
+
+@dataclass
+class LearnerStep:
+    """What one ``step`` did."""
+
+    ingested: int = 0  # labelled entries moved into the replay buffer (duplicates included)
+    trained: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    published: AdapterManifest | None = None
+
+
+def learner_settings(settings: Settings) -> Settings:
+    model = settings.model.model_copy(update={"device": settings.loop.learner_device})
+    return settings.model_copy(update={"model": model})
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class Learner:
+    """The online fine-tuner: owns the FineTuner, the per-prompt condition cache and the version counter."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        settings: Settings,
+        run_dir: Path,
+        name: str = "learner-0",
+        generator: Generator | None = None,
+    ):
+        self.broker = broker
+        self.settings = settings
+        self.loop = settings.loop
+        self.name = name
+        self.checkpoint_dir = Path(run_dir) / "learner"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        generator = generator or Generator.from_settings(learner_settings(settings))
+        self.encoder = generator  # frozen conditioner: prompt image -> condition tokens
+        self.device = resolve_device(self.loop.learner_device)
+        self.tuner = FineTuner(generator.modules.flow, settings.lora, settings.objective, settings.train, self.device)
+        self.images = PromptImages(broker.prompts, settings)
+        self._cond: dict[str, torch.Tensor] = {}
+        self.resumed_from_step: int | None = None
+        if (self.checkpoint_dir / CHECKPOINT_FILE).is_file():
+            self.resumed_from_step = self.tuner.load(self.checkpoint_dir)
+            log.info("%s: resumed from step %d", name, self.resumed_from_step)
+        saved = self._read_state().get("version", 0)
+        self.version = max(broker.adapters.latest() or 0, int(saved))
+
+    # --- persistence ---------------------------------------------------------------
+
+    def _read_state(self) -> dict:
+        try:
+            return json.loads((self.checkpoint_dir / STATE_FILE).read_text())
+        except FileNotFoundError:
+            return {}
+
+    def checkpoint(self) -> Path:
+        """Adapter + optimiser + step + RNG (FineTuner.save) and the version it trains on, atomically each."""
+        self.tuner.save(self.checkpoint_dir)
+        write_json_atomic(self.checkpoint_dir / STATE_FILE, {"step": self.tuner.step, "version": self.version})
+        return self.checkpoint_dir
+
+    def publish(self, metrics: dict[str, float]) -> AdapterManifest:
+        """Checkpoint, then publish the adapter as the next version (the store moves LATEST and notifies)."""
+        self.checkpoint()
+        finite = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        manifest = self.broker.adapters.publish(
+            self.checkpoint_dir / ADAPTER_DIR,
+            step=self.tuner.step,
+            objective=self.settings.objective.name,
+            metrics=finite,
+            parent_version=self.version,
+        )
+        self.version = manifest.version
+        write_json_atomic(self.checkpoint_dir / STATE_FILE, {"step": self.tuner.step, "version": self.version})
+        log.info("%s: published adapter version %d at step %d", self.name, self.version, self.tuner.step)
+        return manifest
+
+    # --- data ----------------------------------------------------------------------
+
+    def ingest(self) -> int:
+        """Move labelled entries (reclaimed ones of a dead learner first) into the replay buffer."""
+        queue = self.broker.labelled
+        deliveries = queue.reclaim(self.name, count=self.loop.ingest_batch)
+        deliveries += queue.read(self.name, count=self.loop.ingest_batch, block_ms=0)
+        for delivery in deliveries:
+            result = self.broker.replay.ingest(delivery, queue)
+            if result in COUNTED:
+                record = LabelledRecord.from_bytes(delivery.payload)
+                self.broker.stats.record_labelled(record.verdict, record.adapter_version)
+        return len(deliveries)
+
+    def condition(self, prompt_id: str) -> torch.Tensor:
+        """Condition tokens [L, D] of a prompt, from its stored image through the frozen conditioner (cached)."""
+        cond = self._cond.get(prompt_id)
+        if cond is None:
+            image = self.images.get(prompt_id)
+            cond = self.encoder.encode([image])[0].detach().to("cpu", torch.float32)
+            self._cond[prompt_id] = cond
+        return cond
+
+    def ready(self) -> bool:
+        """At least ``loop.min_replay`` fresh-enough samples (of both classes for paired objectives).
+
+        Unpaired DRO learns from either class alone (pull stable samples in, push
+        unstable ones out, each half averaged on its own), so it starts without pairs.
+        """
+        min_version = self.version - self.broker.settings.max_staleness_versions
+        counts = self.broker.replay.counts(min_version=min_version)
+        if self.tuner.paired and not (counts["stable"] and counts["unstable"]):
+            return False
+        return sum(counts.values()) >= self.loop.min_replay
+
+    def _records(self, rng: np.random.Generator) -> tuple[list[LabelledRecord], list[bool]] | None:
+        n = self.loop.learner_batch
+        if not self.tuner.paired:
+            batch = self.broker.replay.sample(n, self.version, rng=rng)
+            if not batch.balanced:  # one class only: a full batch of it (its half of a 2n draw)
+                batch = self.broker.replay.sample(2 * n, self.version, rng=rng)
+            return (list(batch), batch.labels) if len(batch) else None
+        # paired objectives: row i of the stable half and of the unstable half share a prompt
+        pool = self.broker.replay.sample(4 * n, self.version, rng=rng)
+        unstable_by_prompt: dict[str, list[LabelledRecord]] = defaultdict(list)
+        for record in pool.unstable:
+            unstable_by_prompt[record.sample.prompt_id].append(record)
+        winners, losers = [], []
+        for record in pool.stable:
+            candidates = unstable_by_prompt.get(record.sample.prompt_id)
+            if candidates:
+                winners.append(record)
+                losers.append(candidates.pop())
+            if len(winners) == n // 2:
+                break
+        if not winners:
+            return None
+        return winners + losers, [True] * len(winners) + [False] * len(losers)
+
+    def train_batch(self, rng: np.random.Generator) -> tuple[TrainBatch, float] | None:
+        """A TrainBatch from the replay buffer and its mean staleness (versions behind), or None if not drawable."""
+        drawn = self._records(rng)
+        if drawn is None:
+            return None
+        records, labels = drawn
+        x0 = torch.stack([torch.from_numpy(r.sample.latent.astype(np.float32)) for r in records])
+        cond = torch.stack([self.condition(r.sample.prompt_id) for r in records])
+        staleness = float(np.mean([self.version - r.adapter_version for r in records]))
+        return TrainBatch(x0, cond, torch.tensor(labels, dtype=torch.bool)), staleness
+
+    # --- one step --------------------------------------------------------------------
+
+    def step(self) -> LearnerStep:
+        out = LearnerStep(ingested=self.ingest())
+        if not self.ready():
+            return out
+        rng = np.random.default_rng([self.settings.train.seed, self.tuner.step])
+        drawn = self.train_batch(rng)
+        if drawn is None:
+            return out
+        batch, staleness = drawn
+        try:
+            metrics = self.tuner.train_step(batch)
+        except FloatingPointError as exc:
+            log.warning("%s: %s", self.name, exc)
+            return out
+        metrics["batch_staleness"] = staleness
+        out.trained, out.metrics = True, metrics
+        if self.tuner.step % self.loop.publish_every == 0:
+            out.published = self.publish(metrics)
+        elif self.loop.checkpoint_every and self.tuner.step % self.loop.checkpoint_every == 0:
+            self.checkpoint()
+        extras = {k: v for k, v in metrics.items() if k not in ("loss", "step") and math.isfinite(v)}
+        self.broker.stats.record_learner(self.tuner.step, metrics["loss"], self.version, **extras)
+        return out

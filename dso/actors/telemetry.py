@@ -1,0 +1,58 @@
+"""Publish-to-adopt latency: when each generator started sampling from each new adapter.
+
+StatsStore keeps counts and the learner's progress; this adds the one number it
+lacks, written next to it under ``<prefix>:stats:adoptions`` (a capped list of
+``time,version,latency_s,worker`` entries) so the summary and the bench read it back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from dso.broker.keys import KeySpace
+
+ADOPTIONS_KEY = "adoptions"
+MAX_EVENTS = 10_000
+
+
+@dataclass(frozen=True)
+class Adoption:
+    time: float
+    version: int
+    latency_s: float  # adapter manifest time -> first batch sampled from it
+    worker: str
+
+
+class AdoptionLog:
+    """Append and read adoption events of one run."""
+
+    def __init__(self, client: redis.Redis, keys: KeySpace) -> None:
+        self.client = client
+        self.key = keys.stats(ADOPTIONS_KEY)
+
+    def record(self, version: int, latency_s: float, worker: str) -> None:
+        if "," in worker:
+            raise ValueError(f"worker name must not contain ',': {worker!r}")
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lpush(self.key, f"{time.time():.3f},{int(version)},{float(latency_s):.6f},{worker}")
+        pipe.ltrim(self.key, 0, MAX_EVENTS - 1)
+        pipe.execute()
+
+    def events(self) -> list[Adoption]:
+        """Oldest first."""
+        out = []
+        for raw in reversed(self.client.lrange(self.key, 0, -1)):
+            stamp, version, latency, worker = raw.decode().split(",", 3)
+            out.append(Adoption(float(stamp), int(version), float(latency), worker))
+        return out
+
+    def latency_quantiles(self, quantiles: tuple[float, ...] = (0.5, 0.95)) -> dict[str, float | None]:
+        """``{"p50": ..., "p95": ...}`` over every recorded adoption (None before the first)."""
+        latencies = [event.latency_s for event in self.events()]
+        return {
+            f"p{round(q * 100)}": (float(np.quantile(latencies, q)) if latencies else None) for q in quantiles
+        }

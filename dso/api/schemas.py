@@ -1,0 +1,199 @@
+"""Request and response models of the API: what the OpenAPI document shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dso.broker.adapter_store import AdapterManifest
+
+PROMPT_ID_PATTERN = r"^[0-9a-f]{64}$"
+SHA = "3f1a3c5e0b2d4f6a8c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a"
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a sentence that says what was wrong."""
+
+    detail: str = Field(examples=["file 'notes.png': not a readable image (cannot identify image file)"])
+
+
+class PromptMetadata(BaseModel):
+    """What the API recorded about an uploaded image (default prompts carry other keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str | None = Field(None, examples=["api"])
+    filename: str | None = Field(None, examples=["chair.png"])
+    format: str | None = Field(None, examples=["PNG"])
+    content_type: str | None = Field(None, examples=["image/png"])
+    width: int | None = Field(None, examples=[512])
+    height: int | None = Field(None, examples=[512])
+    mode: str | None = Field(None, examples=["RGBA"])
+    has_alpha: bool | None = Field(None, examples=[True])
+    bytes: int | None = Field(None, examples=[48213])
+
+
+class UploadedPrompt(BaseModel):
+    id: str = Field(description="sha256 of the image bytes: the same image always gets the same id", examples=[SHA])
+    created: bool = Field(description="false when these bytes were uploaded before (the prompt is reactivated)")
+    filename: str | None = None
+    format: str = Field(examples=["PNG"])
+    width: int
+    height: int
+    mode: str = Field(examples=["RGBA"])
+    has_alpha: bool
+    bytes: int
+
+
+class UploadResponse(BaseModel):
+    prompts: list[UploadedPrompt]
+    created: int = Field(description="how many of the images were new")
+    duplicates: int = Field(description="how many were stored before")
+
+
+class PromptStability(BaseModel):
+    """Verdicts on samples generated from this prompt."""
+
+    labelled: int = 0
+    stable: int = 0
+    unstable: int = 0
+    invalid: int = 0
+    stability_rate: float | None = Field(None, description="stable / (stable + unstable); null before any verdict")
+
+
+class PromptInfo(BaseModel):
+    id: str = Field(examples=[SHA])
+    active: bool = Field(description="false once retired: generators no longer sample it")
+    created_at: float = Field(description="Unix time of the first upload")
+    metadata: PromptMetadata
+    stability: PromptStability
+    image_url: str = Field(examples=[f"/v1/prompts/{SHA}/image"])
+
+
+class PromptPage(BaseModel):
+    items: list[PromptInfo]
+    total: int = Field(description="prompts matching the filter")
+    offset: int
+    limit: int
+    next_offset: int | None = Field(None, description="offset of the next page; null on the last page")
+
+
+class RetireResponse(BaseModel):
+    id: str
+    retired: bool = Field(description="false when the prompt was already retired")
+
+
+class AdapterFile(BaseModel):
+    name: str = Field(examples=["adapter_model.safetensors"])
+    size: int
+    sha256: str = Field(description="also the file's strong ETag", examples=[SHA])
+    url: str = Field(examples=["/v1/adapters/3/files/adapter_model.safetensors"])
+
+
+class AdapterInfo(BaseModel):
+    version: int = Field(examples=[3])
+    latest: bool
+    manifest: AdapterManifest
+    files: list[AdapterFile]
+    archive_url: str = Field(examples=["/v1/adapters/3/archive"])
+
+
+class AdapterList(BaseModel):
+    latest: int | None = Field(None, description="null before the first publish (the base model is version 0)")
+    items: list[AdapterInfo]
+
+
+class VerdictCounts(BaseModel):
+    generated: int = 0
+    labelled: int = 0
+    stable: int = 0
+    unstable: int = 0
+    invalid: int = 0
+    stability_rate: float | None = Field(None, description="stable / (stable + unstable)")
+    invalid_rate: float | None = Field(None, description="invalid / labelled")
+
+
+class TotalCounts(VerdictCounts):
+    generation_seconds: float = 0.0
+
+
+class WindowCounts(VerdictCounts):
+    samples: int = Field(description="the window holds at most this many recent events ...")
+    seconds: float = Field(description="... no older than this")
+    staleness_mean: float | None = Field(None, description="mean of current version - sample's version")
+    staleness_max: int | None = None
+
+
+class Throughput(BaseModel):
+    generated_per_s: float = Field(description="samples generated per second over the window")
+    labelled_per_s: float = Field(description="samples labelled per second over the window")
+
+
+class LearnerStats(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    step: int | None = None
+    loss: float | None = None
+    version: int | None = None
+    updated_at: float | None = None
+    loss_window_mean: float | None = None
+
+
+class QueueStats(BaseModel):
+    length: int
+    lag: int
+    pending: int
+    backlog: int
+
+
+class StatsResponse(BaseModel):
+    time: float
+    current_version: int | None = Field(None, description="newest announced adapter version")
+    totals: TotalCounts
+    window: WindowCounts
+    by_version: dict[str, VerdictCounts] = Field(description="counts per adapter version (keys are versions)")
+    throughput: Throughput
+    learner: LearnerStats
+    queues: dict[str, QueueStats]
+    dead_letters: int = Field(description="entries in the dead-letter stream")
+    prompts_active: int
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str] = Field(
+        description="'ok' or what is wrong, per check", examples=[{"redis": "ok", "adapter_store": "ok"}]
+    )
+
+
+class ScrapeTargetGroup(BaseModel):
+    """One Prometheus HTTP service-discovery group."""
+
+    targets: list[str] = Field(examples=[["10.0.0.5:9100"]])
+    labels: dict[str, str] = Field(examples=[{"component": "simulator"}])
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    descriptions = {
+        304: "Not modified: the client's copy (If-None-Match) is current",
+        401: "Missing or invalid bearer token (see WWW-Authenticate)",
+        404: "Not found",
+        413: "Too large: body, file, pixel count or number of files over the limit",
+        415: "Not an accepted image format, or not a multipart/form-data body",
+        422: "Invalid request or corrupt image",
+        500: "Stored data failed an integrity check",
+        503: "Broker (Redis) unavailable",
+    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"description": descriptions[code]}
+        if code != 304:
+            entry["model"] = ErrorResponse
+        out[code] = entry
+    return out

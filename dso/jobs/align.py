@@ -1,0 +1,35 @@
+"""The cluster job: ``ray job submit --working-dir . -- python -m dso.jobs.align --config configs/cluster.yaml``.
+
+Runs the same loop as ``dso run`` on the Ray cluster the job was submitted to
+(``RAY_ADDRESS`` is set by the job manager; without it a local Ray starts) and
+exits 0 after ``--duration`` seconds or on SIGTERM (``ray job stop``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dso.jobs.session import run_loop, session_settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dso.jobs.align", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="cluster", help="YAML config (a path, or a name under configs/)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: loop.duration_s)")
+    parser.add_argument("--redis", default=None, help="Redis URL (default: broker.redis_url, else embedded Valkey)")
+    parser.add_argument("--address", default=None, help="Ray address (default: the job's cluster, else local)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = session_settings(args.config, args.duration, args.redis)
+    summary = run_loop(settings, ray_address=args.address)
+    return 0 if summary is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Start, supervise and stop the loop's Ray actors; the part shared by ``dso run`` and the cluster job.
+
+Supervision: every actor's ``run()`` is a long Ray task. If the actor dies
+(SIGKILL, OOM, node loss) Ray restarts it (``max_restarts``) and the runner
+calls ``run()`` again: a restarted learner resumes from its checkpoint, a
+restarted simulator's unacked item is reclaimed by the others.
+
+Shutdown order: generators first (no new samples), then simulators and the
+learner, which checkpoints on the way out. Entries still pending stay in the
+streams and are reclaimed on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+from rich.console import Console
+
+from dso.actors.prompt_images import seed_default_prompts
+from dso.actors.ray_actors import GeneratorActor, LearnerActor, SimulatorActor, actor_options
+from dso.broker.broker import Broker
+from dso.config import Settings
+from dso.jobs.summary import LoopSummary, collect_summary, progress_line
+
+log = logging.getLogger(__name__)
+MAX_RESUPERVISE = 20  # run() re-issues per actor before the runner gives up on it
+
+
+@dataclass
+class _Supervised:
+    role: str
+    name: str
+    handle: Any
+    ref: Any = None
+    restarts: int = 0
+    result: dict[str, Any] | None = None
+    failed: bool = False
+
+
+@dataclass
+class LoopRunner:
+    """The actors of one run, over one broker."""
+
+    settings: Settings
+    broker: Broker
+    run_dir: Path
+    console: Console = field(default_factory=Console)
+    actors: list[_Supervised] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Seed prompts if none, create every actor, wait until they are constructed, start their loops."""
+        added = seed_default_prompts(self.broker.prompts, self.settings)
+        if added:
+            self.console.print(f"seeded {added} default training prompts")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        options = actor_options(self.settings)
+        url = self.broker.url
+        loop = self.settings.loop
+        for i in range(loop.generators):
+            self._add("generator", f"generator-{i}", GeneratorActor.options(**options["generator"]).remote(self.settings, url, f"generator-{i}"))
+        for i in range(loop.simulators):
+            self._add("simulator", f"simulator-{i}", SimulatorActor.options(**options["simulator"]).remote(self.settings, url, f"simulator-{i}"))
+        self._add(
+            "learner", "learner-0",
+            LearnerActor.options(**options["learner"]).remote(self.settings, url, "learner-0", str(self.run_dir)),
+        )
+        ray.get([a.handle.ready.remote() for a in self.actors])
+        for actor in self.actors:
+            actor.ref = actor.handle.run.remote()
+
+    def _add(self, role: str, name: str, handle: Any) -> None:
+        self.actors.append(_Supervised(role, name, handle))
+
+    def actor(self, name: str) -> Any:
+        return next(a.handle for a in self.actors if a.name == name)
+
+    def supervise(self, stop: threading.Event, duration_s: float | None) -> None:
+        """Watch the actors until ``stop`` is set or the duration ends; restart dead loops; show progress."""
+        started = time.monotonic()
+        last_progress = 0.0
+        interval = self.settings.loop.progress_interval_s
+        while not stop.is_set() and (duration_s is None or time.monotonic() - started < duration_s):
+            refs = [a.ref for a in self.actors if a.ref is not None]
+            done, _ = ray.wait(refs, num_returns=1, timeout=min(interval, 0.5)) if refs else ([], [])
+            for ref in done:
+                self._reap(ref, restart=True)
+            if time.monotonic() - last_progress >= interval:
+                last_progress = time.monotonic()
+                try:
+                    self.console.print(progress_line(self.broker.stats.snapshot(), time.monotonic() - started))
+                except Exception as exc:  # noqa: BLE001 - progress must never stop the loop
+                    log.warning("progress unavailable: %s", exc)
+
+    def _reap(self, ref: Any, restart: bool) -> None:
+        actor = next(a for a in self.actors if a.ref == ref)
+        try:
+            actor.result = ray.get(ref)
+            actor.ref = None
+        except RayActorError as exc:
+            actor.ref = None
+            if restart and actor.restarts < MAX_RESUPERVISE:
+                actor.restarts += 1
+                self.console.print(f"{actor.name} died ({type(exc).__name__}); restarting its loop ({actor.restarts})")
+                actor.ref = actor.handle.run.remote()
+            else:
+                actor.failed = True
+                log.error("%s failed: %s", actor.name, exc)
+
+    def stop(self) -> None:
+        """Generators first, then simulators and learner; each gets ``loop.stop_timeout_s`` to finish."""
+        for roles in (("generator",), ("simulator", "learner")):
+            group = [a for a in self.actors if a.role in roles]
+            for actor in group:
+                try:
+                    actor.handle.stop.remote()
+                except RayActorError:
+                    pass
+            refs = [a.ref for a in group if a.ref is not None]
+            if refs:
+                done, _ = ray.wait(refs, num_returns=len(refs), timeout=self.settings.loop.stop_timeout_s)
+                for ref in done:
+                    self._reap(ref, restart=False)
+        for actor in self.actors:
+            if actor.ref is not None:
+                log.error("%s did not stop within %.0f s; killing it", actor.name, self.settings.loop.stop_timeout_s)
+            ray.kill(actor.handle, no_restart=True)
+
+    def summary(self, seconds: float) -> LoopSummary:
+        summary = collect_summary(self.broker, self.run_dir, seconds)
+        (self.run_dir / "summary.json").write_text(summary.to_json())
+        return summary

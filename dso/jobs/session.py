@@ -1,0 +1,112 @@
+"""One loop session: broker + Ray + runner, with signal handling and the summary at the end.
+
+Used by ``dso run`` (local Ray, embedded Valkey unless a URL is given) and by
+``python -m dso.jobs.align`` (an existing cluster via ``ray job submit``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import ray
+from rich.console import Console
+
+from dso.broker.broker import Broker
+from dso.config import Settings, load_settings
+from dso.jobs.runner import LoopRunner
+from dso.jobs.summary import LoopSummary, print_summary
+
+log = logging.getLogger(__name__)
+
+
+def session_settings(config: str | Path | None, duration_s: float | None, redis_url: str | None) -> Settings:
+    """Config file (default: the embedded tiny config) with the command-line overrides applied."""
+    settings = load_settings(config or "tiny")
+    if duration_s is not None:
+        settings.loop.duration_s = duration_s
+    if redis_url:
+        settings.broker.redis_url = redis_url
+    return settings
+
+
+def run_dir_of(settings: Settings) -> Path:
+    return Path(settings.loop.run_dir or settings.broker.run_dir).resolve()
+
+
+def _init_ray(settings: Settings, address: str | None) -> bool:
+    """Connect to ``address`` (or the job's cluster), else start a local Ray; returns whether we started it."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    common = {"include_dashboard": False, "log_to_driver": True, "ignore_reinit_error": True}
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"], **common)
+        return False
+    ray.init(num_cpus=settings.loop.ray_num_cpus or os.cpu_count(), **common)
+    return True
+
+
+def _install_stop_handlers(stop: threading.Event) -> dict:
+    previous = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+
+    def handler(signum, _frame):
+        if stop.is_set():  # a second Ctrl-C: the default behaviour (stop now)
+            raise KeyboardInterrupt
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def run_loop(
+    settings: Settings,
+    ray_address: str | None = None,
+    console: Console | None = None,
+    stop: threading.Event | None = None,
+) -> LoopSummary:
+    """Run the whole loop until ``loop.duration_s`` passes or SIGINT/SIGTERM; print and return the summary."""
+    console = console or Console()
+    stop = stop or threading.Event()
+    run_dir = run_dir_of(settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    broker = Broker.open(settings.broker)  # owns the embedded Valkey when no URL is configured
+    # actors connect by URL; the embedded server's URL is only known now
+    settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"redis_url": broker.url})})
+    console.print(f"broker: {broker.url}   run dir: {run_dir}   adapters: {broker.adapters.root}")
+    started_ray = False
+    runner = None
+    previous = _install_stop_handlers(stop)
+    started = time.monotonic()
+    try:
+        started_ray = _init_ray(settings, ray_address)
+        runner = LoopRunner(settings, broker, run_dir, console)
+        runner.start()
+        console.print(
+            f"loop running: {settings.loop.generators} generator(s), {settings.loop.simulators} simulator(s), 1 learner "
+            f"({settings.objective.name}); " + (f"{settings.loop.duration_s:g} s" if settings.loop.duration_s else "Ctrl-C to stop")
+        )
+        runner.supervise(stop, settings.loop.duration_s)
+    finally:
+        console.print("stopping...")
+        if runner is not None:
+            runner.stop()
+        summary = None
+        try:
+            if runner is not None:
+                summary = runner.summary(time.monotonic() - started)
+                print_summary(summary, console)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if started_ray:
+                ray.shutdown()
+            broker.close()
+    return summary

@@ -1,0 +1,88 @@
+"""The end-of-run summary: samples, stability rate per adapter version, versions published, latency."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from dso.actors.telemetry import AdoptionLog
+from dso.broker.broker import Broker
+from dso.broker.keys import KeySpace
+
+
+@dataclass
+class LoopSummary:
+    """What a run did, read back from the broker's live statistics."""
+
+    run_dir: str
+    adapter_dir: str
+    seconds: float
+    totals: dict[str, Any]
+    by_version: dict[int, dict[str, Any]]
+    versions_published: list[int]
+    learner: dict[str, Any]
+    queues: dict[str, Any]
+    dead_letters: int
+    adoption_latency_s: dict[str, float | None] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+
+def collect_summary(broker: Broker, run_dir: Path, seconds: float) -> LoopSummary:
+    snapshot = broker.stats.snapshot()
+    adoptions = AdoptionLog(broker.connection.client, KeySpace(broker.settings.key_prefix))
+    return LoopSummary(
+        run_dir=str(run_dir),
+        adapter_dir=str(broker.adapters.root),
+        seconds=seconds,
+        totals=snapshot["totals"],
+        by_version=snapshot["by_version"],
+        versions_published=broker.adapters.versions(),
+        learner=snapshot["learner"],
+        queues=snapshot["queues"],
+        dead_letters=int(broker.connection.client.xlen(broker.samples.dead_key)),
+        adoption_latency_s=adoptions.latency_quantiles(),
+    )
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f} %"
+
+
+def progress_line(snapshot: dict[str, Any], elapsed_s: float) -> str:
+    """One line of live progress from a StatsStore snapshot."""
+    totals, window, learner = snapshot["totals"], snapshot["window"], snapshot["learner"]
+    backlog = sum(q["backlog"] for q in snapshot["queues"].values())
+    return (
+        f"[{elapsed_s:6.0f} s] generated {totals['generated']}  labelled {totals['labelled']}  "
+        f"stable(window) {_pct(window['stability_rate'])}  version {snapshot['current_version'] or 0}  "
+        f"learner step {learner.get('step', 0)} loss {learner.get('loss', float('nan')):.4f}  backlog {backlog}"
+    )
+
+
+def print_summary(summary: LoopSummary, console: Console) -> None:
+    table = Table(title=f"DSO loop: {summary.seconds:.0f} s")
+    for column in ("adapter version", "generated", "labelled", "stable", "unstable", "invalid", "stability rate"):
+        table.add_column(column, justify="right")
+    for version, row in sorted(summary.by_version.items()):
+        table.add_row(
+            str(version), *(str(row[k]) for k in ("generated", "labelled", "stable", "unstable", "invalid")),
+            _pct(row["stability_rate"]),
+        )
+    t = summary.totals
+    table.add_row("all", *(str(t[k]) for k in ("generated", "labelled", "stable", "unstable", "invalid")), _pct(t["stability_rate"]))
+    console.print(table)
+    latency = summary.adoption_latency_s
+    p50, p95 = latency.get("p50"), latency.get("p95")
+    console.print(
+        f"versions published: {summary.versions_published or 'none'}   learner step: {summary.learner.get('step', 0)}   "
+        f"dead-lettered: {summary.dead_letters}   publish-to-adopt p50/p95: "
+        + (f"{p50:.3f} s / {p95:.3f} s" if p50 is not None else "-")
+    )
+    console.print(f"run dir: {summary.run_dir}\nadapters: {summary.adapter_dir}\nsummary: {Path(summary.run_dir) / 'summary.json'}")

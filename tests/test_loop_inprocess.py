@@ -1,0 +1,126 @@
+"""The loop's roles in-process on a real embedded Valkey, real generator (tiny, random) and real oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest_broker import make_settings, valkey_server  # noqa: F401  (session fixture)
+from dso.actors import AdoptionLog, GeneratorWorker, Learner, SimulatorWorker, seed_default_prompts
+from dso.broker.broker import Broker
+from dso.broker.keys import KeySpace
+from dso.broker.records import LabelledRecord, Verdict
+from test_loop_support import export_random_tiny_model, loop_test_settings
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    return export_random_tiny_model(tmp_path_factory.mktemp("loop-model"))
+
+
+@pytest.fixture()
+def loop_env(tmp_path, model_folder, valkey_server):  # noqa: F811
+    broker_values = make_settings(tmp_path, redis_url=valkey_server.url, max_backlog=32, replay_capacity=64).model_dump()
+    settings = loop_test_settings(model_folder, broker_values)
+    broker = Broker.open(settings.broker)
+    seed_default_prompts(broker.prompts, settings)
+    yield settings, broker
+    broker.close()
+
+
+def drain(simulator: SimulatorWorker, learner: Learner | None = None, rounds: int = 50) -> None:
+    for _ in range(rounds):
+        if simulator.step(block_ms=0) == 0 and (learner is None or learner.ingest() == 0):
+            return
+
+
+def test_default_prompts_are_training_renders_and_idempotent(loop_env):
+    settings, broker = loop_env
+    ids = broker.prompts.active()
+    assert len(ids) == settings.loop.default_prompts
+    meta = broker.prompts.get(ids[0]).metadata
+    assert meta["source"] == "default" and meta["object_seed"] < settings.shapes.training_seed_limit
+    assert seed_default_prompts(broker.prompts, settings) == 0  # not seeded twice
+
+
+def test_generate_label_train_publish_adopt(loop_env, tmp_path):
+    settings, broker = loop_env
+    generator = GeneratorWorker(broker, settings)
+    simulator = SimulatorWorker(broker, settings)
+    learner = Learner(broker, settings, tmp_path / "run")
+    first = generator.step()
+    assert first is not None and first.samples == 4 and first.adapter_version == 0
+    drain(simulator)
+    assert simulator.labelled == 4 and broker.samples.backlog() == 0
+    published = []
+    for _ in range(12):
+        result = learner.step()
+        if result.published:
+            published.append(result.published.version)
+        if len(published) == 2:
+            break
+    assert published == [1, 2], "the learner publishes a version every publish_every steps"
+    manifest = broker.adapters.manifest(2)
+    assert manifest.step == 2 * settings.loop.publish_every and manifest.parent_version == 1
+    assert manifest.objective == "dro" and "loss" in manifest.metrics
+    # the generator hot-swaps to the newest version between batches; its samples carry it
+    probe_before = generator.swapper.probe(generator.policy)
+    batch = generator.step()
+    assert batch is not None and batch.adapter_version == 2 and generator.version == 2
+    assert not torch.equal(probe_before, generator.swapper.probe(generator.policy)), "the swap changed the policy"
+    adoption = AdoptionLog(broker.connection.client, KeySpace(broker.settings.key_prefix)).events()
+    assert [a.version for a in adoption] == [2] and 0 <= adoption[0].latency_s < 60
+    drain(simulator, learner)
+    # reconciliation: every generated sample labelled exactly once, each counted once
+    snapshot = broker.stats.snapshot()
+    assert snapshot["totals"]["generated"] == 8 == snapshot["totals"]["labelled"]
+    assert snapshot["by_version"][2]["generated"] == 4
+    assert snapshot["learner"]["step"] >= 4 and snapshot["learner"]["version"] == 2
+    assert broker.labelled.backlog() == 0 and broker.samples.backlog() == 0
+
+
+def test_learner_resumes_from_checkpoint_and_continues_versions(loop_env, tmp_path):
+    settings, broker = loop_env
+    generator, simulator = GeneratorWorker(broker, settings), SimulatorWorker(broker, settings)
+    generator.step()
+    drain(simulator)
+    first = Learner(broker, settings, tmp_path / "run")
+    while first.version < 1:
+        first.step()
+    at_checkpoint = first.tuner.adapter_state()
+    first.step()  # one step past the checkpoint, then the learner "dies" without saving
+    assert first.tuner.step == settings.loop.publish_every + 1
+    del first
+    second = Learner(broker, settings, tmp_path / "run")
+    assert second.resumed_from_step == settings.loop.publish_every and second.version == 1
+    restored = second.tuner.adapter_state()
+    assert restored.keys() == at_checkpoint.keys()
+    assert all(torch.equal(restored[k], at_checkpoint[k]) for k in restored), "adapter restored from the checkpoint"
+    while second.version < 2:
+        second.step()
+    manifest = broker.adapters.manifest(2)
+    assert manifest.parent_version == 1 and manifest.step == 2 * settings.loop.publish_every
+
+
+def test_paired_objective_pairs_by_prompt(loop_env, tmp_path):
+    settings, broker = loop_env
+    settings.objective.name = "dpo"
+    generator, simulator = GeneratorWorker(broker, settings), SimulatorWorker(broker, settings)
+    generator.step()
+    drain(simulator)
+    learner = Learner(broker, settings, tmp_path / "run")
+    learner.ingest()
+    assert not learner.ready(), "DPO needs both classes; the random model's blobs all stand"
+    # add unstable twins of the stored samples (same prompt, relabelled) so pairs exist
+    for record in list(broker.replay.sample(8, 0, rng=np.random.default_rng(0)).stable):
+        twin = LabelledRecord.from_verdict(
+            type(record.sample)(**{**record.sample.header(), "latent": record.sample.latent, "occupancy": record.sample.occupancy, "sample_id": record.sample_id + "u"}),
+            Verdict(stable=False, tilt_deg=80.0, rotation_deg=80.0),
+        )
+        broker.replay.add(twin)
+    assert learner.ready()
+    batch, _ = learner.train_batch(np.random.default_rng(1))
+    half = batch.x0.shape[0] // 2
+    assert half >= 1 and batch.stable[:half].all() and not batch.stable[half:].any()
+    assert learner.step().trained
