@@ -101,6 +101,19 @@ from dso.sim.cli import simulate_command  # noqa: E402  (light: MuJoCo loads whe
 app.command("simulate")(simulate_command)
 
 
+from dso.jobs.api_cli import api as _api_command  # noqa: E402  (light: FastAPI loads when the command runs)
+
+app.command("api")(_api_command)
+
+
+from dso.jobs import offline_cli as _offline  # noqa: E402  (offline dataset, training, evaluation, experiment)
+
+app.add_typer(_offline.dataset_app, name="dataset")
+app.command("train")(_offline.train)
+app.command("eval")(_offline.evaluate)
+app.command("experiment")(_offline.experiment)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -353,6 +353,7 @@ class LoopSettings(Section):
     adopt_poll_s: float = Field(0.0, ge=0)  # generators wait this long for a newer adapter between batches
     duration_s: float | None = Field(None, gt=0)  # stop after this many seconds (None: until Ctrl-C)
     stop_timeout_s: float = Field(60.0, gt=0)  # how long actors get to finish their batch and checkpoint
+    drain_timeout_s: float = Field(15.0, ge=0)  # at stop, simulators/learner finish queued work this long (rest stays pending)
     progress_interval_s: float = Field(2.0, gt=0)  # refresh of the live progress line
     run_dir: Path | None = None  # checkpoints and summary; None -> broker.run_dir
     api_enabled: bool = False  # HTTP API inside `dso run` (once dso.api exists)

@@ -20,14 +20,16 @@ What each process calls (see docs/api.md, "Metrics"):
 * simulator: ``observe_labelled(verdict, seconds)`` per verdict;
 * learner: ``observe_learner_step(loss, seconds)``, ``observe_staleness(versions)`` per batch,
   ``observe_adapter_published()`` and ``set_adapter_version("learner", v)`` per publish;
-* every process: ``start_metrics_server(...)`` once, then ``MetricsTargets.announce`` so Prometheus
-  finds it through the API's HTTP service discovery (``GET /v1/metrics/targets``).
+* every process, once at start: ``start_process_metrics(component, settings.api, broker)``: serves
+  ``/metrics`` and announces it so Prometheus finds it through the API's HTTP service discovery
+  (``GET /v1/metrics/targets``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -362,6 +364,55 @@ class TargetAnnouncer:
                 self.targets.withdraw(self.component, self.address)
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not withdraw metrics target %s: %s", self.address, exc)
+
+
+METRICS_PORT_ENV = "DSO_METRICS_PORT"  # set by the Helm chart in Ray and simulator pods
+
+
+def targets_key(keys: Any) -> str:
+    """The run's scrape-target set in Redis, from its ``dso.broker.KeySpace`` (``broker.prompts.keys``)."""
+    return keys.key("metrics", "targets")
+
+
+@dataclass
+class ProcessMetrics:
+    """A loop process's running exporter and its service-discovery announcement."""
+
+    server: MetricsServer
+    announcer: TargetAnnouncer | None
+
+    def stop(self) -> None:
+        if self.announcer is not None:
+            self.announcer.stop()
+        self.server.stop()
+
+
+def start_process_metrics(
+    component: str,
+    api_settings: Any,
+    broker: Any = None,
+    host: str = "0.0.0.0",
+    environ: Mapping[str, str] | None = None,
+) -> ProcessMetrics:
+    """The one call a loop process makes at start: serve ``/metrics`` and announce it.
+
+    The port is ``$DSO_METRICS_PORT`` if set, else ``api_settings.metrics_port``
+    (``settings.api``); the next ``metrics_port_span - 1`` ports are tried when it is
+    taken (several actors on one host). With a ``dso.broker.Broker`` the address is
+    announced for the API's HTTP service discovery and kept fresh by a daemon thread.
+    """
+    env = os.environ if environ is None else environ
+    port = int(env.get(METRICS_PORT_ENV, api_settings.metrics_port))
+    server = start_metrics_server(port, host=host, span=api_settings.metrics_port_span)
+    announcer = None
+    if broker is not None:
+        targets = MetricsTargets(broker.connection.client, targets_key(broker.prompts.keys), api_settings.target_ttl_s)
+        address = f"{advertised_host(host)}:{server.port}"
+        try:
+            announcer = TargetAnnouncer(targets, component, address).start()
+        except Exception as exc:  # noqa: BLE001 - scraping by port still works without discovery
+            log.warning("could not announce metrics target %s: %s", address, exc)
+    return ProcessMetrics(server, announcer)
 
 
 # --- broker state read at scrape time (the API process exports it, once per run) --------------

@@ -151,3 +151,21 @@ def _prompt_image(settings, ds_settings, index):
 
     ref = plan_prompts(ds_settings)[index]
     return training_prompt(ref.object_seed, ref.view_seed, settings.shapes).image
+
+
+def test_dso_dataset_build_cli(tmp_path, settings):
+    from typer.testing import CliRunner
+
+    from dso.cli import app
+
+    torch.manual_seed(0)
+    folder = export_tiny_folder(build_tiny_modules(settings.model, settings.sampler), settings, tmp_path / "model")
+    env = {"DSO__MODEL__WEIGHTS_PATH": str(folder), "DSO__SAMPLER__STEPS": "2", "DSO__DATASET__CHUNK_PROMPTS": "1"}
+    args = ["dataset", "build", "--out", str(tmp_path / "ds"), "--objects", "1", "--views", "2", "-k", "2", "--workers", "1", "--adapter-version", "5"]
+    result = CliRunner(env=env).invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "'samples': 4" in result.output
+    index = json.loads((tmp_path / "ds" / INDEX_FILE).read_text())
+    assert index["complete"] and len(index["chunks"]) == 2 and index["spec"]["adapter_version"] == 5
+    again = CliRunner(env=env).invoke(app, args)  # a finished dataset: nothing is generated again
+    assert again.exit_code == 0 and json.loads((tmp_path / "ds" / INDEX_FILE).read_text())["chunks"] == index["chunks"]

@@ -141,3 +141,60 @@ def test_real_generator_end_to_end(settings, prompts, tmp_path):
     results = evaluate_generator(gen, prompts[:2], settings.sim, ev)
     assert [r.prompt_id for r in results] == [p.prompt_id for p in prompts[:2]]
     assert all(r.status in ("ok", "invalid_input") for r in results)
+
+
+def _random_model_env(settings, tmp_path):
+    torch.manual_seed(0)
+    folder = export_tiny_folder(build_tiny_modules(settings.model, settings.sampler), settings, tmp_path / "model")
+    return {
+        "DSO__MODEL__WEIGHTS_PATH": str(folder),
+        "DSO__SAMPLER__STEPS": "2",
+        "DSO__SHAPES__HELDOUT_OBJECTS": "2",
+        "DSO__SHAPES__HELDOUT_VIEWS": "1",
+        "DSO__EVAL__SAMPLES_PER_PROMPT": "1",
+        "DSO__EVAL__WORKERS": "1",
+        "DSO__EVAL__SURFACE_POINTS": "256",
+    }
+
+
+def test_dso_eval_cli_writes_json_and_a_table(settings, tmp_path):
+    from typer.testing import CliRunner
+
+    from dso.cli import app
+
+    result = CliRunner(env=_random_model_env(settings, tmp_path)).invoke(app, ["eval", "--out", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    assert "% stable" in result.output and "By family" in result.output
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert doc["summary"]["samples"] == 2 and doc["adapter"] is None
+
+
+@pytest.mark.slow
+def test_dso_experiment_cli_regenerates_results(settings, tmp_path):
+    """The whole experiment at toy size (SFT only: a random model's blobs are all stable, so DRO/DPO have no data)."""
+    from typer.testing import CliRunner
+
+    from dso.cli import app
+
+    env = _random_model_env(settings, tmp_path) | {
+        "DSO__DATASET__OBJECTS": "2",
+        "DSO__DATASET__VIEWS_PER_OBJECT": "1",
+        "DSO__DATASET__SAMPLES_PER_PROMPT": "2",
+        "DSO__DATASET__SIM_WORKERS": "1",
+        "DSO__EXPERIMENT__OBJECTIVES": "[sft]",
+        "DSO__EXPERIMENT__EVAL_EVERY": "2",
+        "DSO__EXPERIMENT__SAMPLE_PROMPTS": "2",
+        "DSO__TRAIN__BATCH_SIZE": "2",
+    }
+    docs = tmp_path / "docs"
+    (docs).mkdir()
+    (docs / "results.md").write_text("old\n<!-- notes: kept when the file is regenerated -->\nmy notes\n<!-- /notes -->\n")
+    args = ["experiment", "--steps", "3", "--output-dir", str(tmp_path / "exp"), "--docs-dir", str(docs)]
+    result = CliRunner(env=env).invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = (docs / "results.md").read_text()
+    assert "| base |" in text and "| sft |" in text and "my notes" in text and "old" not in text.splitlines()[0]
+    for name in ("results_curves.png", "results_samples.png", "results_losses.png"):
+        assert (docs / name).stat().st_size > 1000
+    evals = sorted(p.name for p in (tmp_path / "exp" / "eval").iterdir())
+    assert evals == ["base.json", "sft_step000002.json", "sft_step000003.json"]

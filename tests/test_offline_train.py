@@ -164,3 +164,67 @@ def test_resume_after_a_crash_past_the_last_checkpoint_drops_unsaved_metrics(dat
     again = OfflineTrainingLoop(tuner("dro", checkpoint_every=4), dataset, tmp_path)
     assert again.resume() == 4
     assert [json.loads(x)["step"] for x in (tmp_path / METRICS_FILE).read_text().splitlines()] == [1, 2, 3, 4]
+
+
+class TinyShapedSource(BlockOrPostSource):
+    """Latents and condition tokens shaped for the tiny config's model (8 x 8^3 latent, 64 x 128 tokens)."""
+
+    def encode(self, images):
+        px = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32)[::8, ::8, :].copy()).flatten() for im in images])
+        proj = torch.randn(px.shape[1], 64 * 128, generator=torch.Generator().manual_seed(0)) / 255.0
+        return (px @ proj).reshape(len(images), 64, 128) / 32.0
+
+    def sample_latents(self, cond, seeds):
+        self._seeds = list(seeds)
+        return torch.stack([torch.randn(8, 8, 8, 8, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory):
+    """A random tiny model folder (trainable: random output layer) and a tiny-shaped dataset with both outcomes."""
+    from dso.models.factory import build_tiny_modules, export_tiny_folder
+
+    root = tmp_path_factory.mktemp("cli")
+    settings = load_settings("tiny", environ={})
+    torch.manual_seed(0)
+    modules = build_tiny_modules(settings.model, settings.sampler)
+    with torch.no_grad():
+        for p in modules.flow.parameters():
+            p.normal_(0.0, 0.02)
+    folder = export_tiny_folder(modules, settings, root / "model")
+    ds_settings = DatasetSettings(objects=2, views_per_object=2, samples_per_prompt=2, chunk_prompts=4, sim_workers=1)
+    build_dataset(TinyShapedSource(), root / "ds", ds_settings, settings.shapes, settings.sim)
+    env = {"DSO__MODEL__WEIGHTS_PATH": str(folder), "DSO__TRAIN__BATCH_SIZE": "4", "DSO__TRAIN__CHECKPOINT_EVERY": "2", "DSO__TRAIN__LR": "1e-3"}
+    return root, env
+
+
+def test_dso_train_cli_resumes_bit_exactly(cli_env):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from dso.cli import app
+
+    root, env = cli_env
+    runner = CliRunner(env=env)
+
+    def train(out, steps):
+        result = runner.invoke(app, ["train", "--dataset", str(root / "ds"), "--objective", "dro", "--steps", str(steps), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return load_file(str(latest_checkpoint(out) / "adapter" / "adapter_model.safetensors"))
+
+    straight = train(root / "straight", 4)
+    train(root / "resumed", 3)
+    resumed = train(root / "resumed", 4)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert any(bool(v.abs().sum() > 0) for k, v in straight.items() if "lora_B" in k)
+
+
+def test_dso_train_cli_rejects_unknown_objective(cli_env):
+    from typer.testing import CliRunner
+
+    from dso.cli import app
+
+    root, env = cli_env
+    result = CliRunner(env=env).invoke(app, ["train", "--dataset", str(root / "ds"), "--objective", "ppo"])
+    assert result.exit_code != 0 and "objective" in result.output

@@ -41,7 +41,7 @@ Push prompt images to the DSO loop, download its LoRA adapters and watch its sta
 
 def metrics_targets_key(broker: Broker) -> str:
     """Where this run's scrape targets live in Redis (one set per key prefix)."""
-    return broker.prompts.keys.key("metrics", "targets")
+    return telemetry.targets_key(broker.prompts.keys)
 
 
 def create_app(
@@ -124,6 +124,15 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[
             images["description"] += (
                 f"; at most {settings.api.max_upload_bytes} bytes and {settings.api.max_image_pixels} pixels each"
             )
+            for parameter in schema["paths"]["/v1/prompts"]["get"]["parameters"]:
+                if parameter["name"] == "limit":
+                    for branch in parameter["schema"].get("anyOf", [parameter["schema"]]):
+                        if branch.get("type") == "integer":
+                            branch["maximum"] = settings.api.max_page_size
+            if settings.api.require_auth_for_reads:
+                for path, operations in schema["paths"].items():
+                    if path.startswith("/v1/") and "get" in operations:
+                        operations["get"]["security"] = [{"HTTPBearer": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -48,10 +48,12 @@ def require_write(
     check_bearer(request, ctx.tokens, allow_when_unconfigured=ctx.settings.allow_unauthenticated_writes)
 
 
-def require_read(
-    request: Request, _credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)
-) -> None:
-    """Data reads need a token only when ``api.require_auth_for_reads`` is on."""
+def require_read(request: Request) -> None:
+    """Data reads need a token only when ``api.require_auth_for_reads`` is on.
+
+    (No ``bearer_scheme`` dependency here: create_app marks reads as secured in the
+    OpenAPI document only when the setting is on, so the document matches the server.)
+    """
     ctx = get_context(request)
     if ctx.settings.require_auth_for_reads:
         check_bearer(request, ctx.tokens, allow_when_unconfigured=False)

@@ -184,7 +184,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         304: "Not modified: the client's copy (If-None-Match) is current",
         401: "Missing or invalid bearer token (see WWW-Authenticate)",
         404: "Not found",
-        413: "Too large: body, file, pixel count or number of files over the limit",
+        413: "Too large: body, file or pixel count over the limit",
         415: "Not an accepted image format, or not a multipart/form-data body",
         422: "Invalid request or corrupt image",
         500: "Stored data failed an integrity check",

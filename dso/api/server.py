@@ -66,6 +66,11 @@ class ApiServer:
         except Exception as exc:  # noqa: BLE001 - discovery is a convenience; serving matters more
             log.warning("could not announce the API's metrics target: %s", exc)
 
+    def wait(self) -> None:
+        """Block until the server thread ends (Ctrl-C raises KeyboardInterrupt here)."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+
     def stop(self) -> None:
         if self._announcer is not None:
             self._announcer.stop()

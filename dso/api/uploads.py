@@ -103,7 +103,7 @@ class _PartCollector:
             shown = name or "(no name)"
             raise ApiError(422, f"unexpected form field {shown!r}: send images in the '{IMAGES_FIELD}' field")
         if len(self.parts) >= self.limits.max_files:
-            raise ApiError(413, f"too many files: at most {self.limits.max_files} images per request")
+            raise ApiError(422, f"too many files: at most {self.limits.max_files} images per request")
         raw_name = params.get(b"filename")
         filename = raw_name.decode("utf-8", "replace")[:MAX_FILENAME] if raw_name is not None else None
         content_type = self._headers.get("content-type")

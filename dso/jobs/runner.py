@@ -113,9 +113,25 @@ class LoopRunner:
                 actor.failed = True
                 log.error("%s failed: %s", actor.name, exc)
 
+    def drain(self) -> bool:
+        """Let simulators and learner finish queued work (``loop.drain_timeout_s``); True when nothing is left."""
+        deadline = time.monotonic() + self.settings.loop.drain_timeout_s
+        while True:
+            try:
+                if self.broker.admission.backlog() == 0:
+                    return True
+            except Exception as exc:  # noqa: BLE001 - a broker outage at shutdown: leave the rest pending
+                log.warning("cannot drain: %s", exc)
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
     def stop(self) -> None:
-        """Generators first, then simulators and learner; each gets ``loop.stop_timeout_s`` to finish."""
+        """Generators first, drain, then simulators and learner; each gets ``loop.stop_timeout_s`` to finish."""
         for roles in (("generator",), ("simulator", "learner")):
+            if roles[0] == "simulator" and not self.drain():
+                self.console.print("queued work left pending; it is reclaimed on the next start")
             group = [a for a in self.actors if a.role in roles]
             for actor in group:
                 try:

@@ -17,6 +17,7 @@ import ray
 from rich.console import Console
 
 from dso.broker.broker import Broker
+from dso.broker.server import BrokerServerError
 from dso.config import Settings, load_settings
 from dso.jobs.runner import LoopRunner
 from dso.jobs.summary import LoopSummary, print_summary
@@ -38,6 +39,19 @@ def run_dir_of(settings: Settings) -> Path:
     return Path(settings.loop.run_dir or settings.broker.run_dir).resolve()
 
 
+def _open_broker(settings: Settings, attempts: int = 3) -> Broker:
+    """Open the broker; an embedded server that lost its port to a racing process gets another try."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return Broker.open(settings.broker)
+        except BrokerServerError as exc:
+            if settings.broker.redis_url or attempt == attempts or "already served" in str(exc):
+                raise
+            log.warning("embedded Valkey did not start (%s); retrying", str(exc).splitlines()[0])
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
 def _init_ray(settings: Settings, address: str | None) -> bool:
     """Connect to ``address`` (or the job's cluster), else start a local Ray; returns whether we started it."""
     if ray.is_initialized():
@@ -47,7 +61,7 @@ def _init_ray(settings: Settings, address: str | None) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"], **common)
         return False
-    ray.init(num_cpus=settings.loop.ray_num_cpus or os.cpu_count(), **common)
+    ray.init(address="local", num_cpus=settings.loop.ray_num_cpus or os.cpu_count(), **common)
     return True
 
 
@@ -77,7 +91,7 @@ def run_loop(
     stop = stop or threading.Event()
     run_dir = run_dir_of(settings)
     run_dir.mkdir(parents=True, exist_ok=True)
-    broker = Broker.open(settings.broker)  # owns the embedded Valkey when no URL is configured
+    broker = _open_broker(settings)  # owns the embedded Valkey when no URL is configured
     # actors connect by URL; the embedded server's URL is only known now
     settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"redis_url": broker.url})})
     console.print(f"broker: {broker.url}   run dir: {run_dir}   adapters: {broker.adapters.root}")

@@ -51,6 +51,12 @@ def collect_summary(broker: Broker, run_dir: Path, seconds: float) -> LoopSummar
     )
 
 
+def _versions(versions: list[int]) -> str:
+    if not versions:
+        return "none"
+    return f"{len(versions)} (v{versions[0]}..v{versions[-1]})" if len(versions) > 3 else ", ".join(map(str, versions))
+
+
 def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{100 * rate:.1f} %"
 
@@ -66,22 +72,32 @@ def progress_line(snapshot: dict[str, Any], elapsed_s: float) -> str:
     )
 
 
+SUMMARY_ROWS = 12  # adapter versions shown in the summary table
+
+
+def _row(version: int, row: dict[str, Any]) -> list[str]:
+    counts = [str(row[k]) for k in ("generated", "labelled", "stable", "unstable", "invalid")]
+    return [str(version), *counts, _pct(row["stability_rate"])]
+
+
 def print_summary(summary: LoopSummary, console: Console) -> None:
     table = Table(title=f"DSO loop: {summary.seconds:.0f} s")
     for column in ("adapter version", "generated", "labelled", "stable", "unstable", "invalid", "stability rate"):
         table.add_column(column, justify="right")
-    for version, row in sorted(summary.by_version.items()):
-        table.add_row(
-            str(version), *(str(row[k]) for k in ("generated", "labelled", "stable", "unstable", "invalid")),
-            _pct(row["stability_rate"]),
-        )
+    rows = sorted(summary.by_version.items())
+    if len(rows) > SUMMARY_ROWS:  # the first version and the newest ones tell the story
+        table.add_row(*map(str, _row(*rows[0])))
+        table.add_row("...", *[""] * 6)
+        rows = rows[-(SUMMARY_ROWS - 1):]
+    for version, row in rows:
+        table.add_row(*_row(version, row))
     t = summary.totals
     table.add_row("all", *(str(t[k]) for k in ("generated", "labelled", "stable", "unstable", "invalid")), _pct(t["stability_rate"]))
     console.print(table)
     latency = summary.adoption_latency_s
     p50, p95 = latency.get("p50"), latency.get("p95")
     console.print(
-        f"versions published: {summary.versions_published or 'none'}   learner step: {summary.learner.get('step', 0)}   "
+        f"versions published: {_versions(summary.versions_published)}   learner step: {summary.learner.get('step', 0)}   "
         f"dead-lettered: {summary.dead_letters}   publish-to-adopt p50/p95: "
         + (f"{p50:.3f} s / {p95:.3f} s" if p50 is not None else "-")
     )

@@ -45,6 +45,7 @@ def _worker_loop(config: dict) -> None:
     settings.model.device = str(device)
     dataset = OfflineDataset.load(Path(config["dataset_dir"]))
     flow = load_stage_one(settings.model).flow
+    torch.manual_seed(settings.train.seed)  # LoRA init from the global RNG (DDP also broadcasts rank 0's)
     tuner = DataParallelFineTuner(flow, settings.lora, settings.objective, settings.train, device, rank)
 
     def report(path: Path, metrics: dict) -> None:

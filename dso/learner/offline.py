@@ -251,6 +251,7 @@ def run_offline_training(
     """One process: load the base flow model, attach a fresh adapter, train ``steps`` (default train.steps)."""
     device = resolve_device(settings.model.device)
     flow = load_stage_one(settings.model).flow
+    torch.manual_seed(settings.train.seed)  # LoRA A matrices are drawn from the global RNG: same seed, same run
     tuner = FineTuner(flow, settings.lora, settings.objective, settings.train, device)
     loop = OfflineTrainingLoop(tuner, dataset, out_dir, on_checkpoint=on_checkpoint)
     return loop.run(settings.train.steps if steps is None else steps, resume=resume, on_step=on_step)

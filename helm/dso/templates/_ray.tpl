@@ -135,6 +135,9 @@ headGroupSpec:
 workerGroupSpecs:
   {{- range $name, $group := .Values.ray.workerGroups }}
   {{- if $group.enabled }}
+  {{- if not (and (le (int $group.minReplicas) (int $group.replicas)) (le (int $group.replicas) (int $group.maxReplicas))) }}
+  {{- fail (printf "ray.workerGroups.%s: need minReplicas <= replicas <= maxReplicas, got %v <= %v <= %v" $name $group.minReplicas $group.replicas $group.maxReplicas) }}
+  {{- end }}
   - groupName: {{ $name }}
     replicas: {{ $group.replicas }}
     minReplicas: {{ $group.minReplicas }}
@@ -156,12 +159,16 @@ runtimeEnvYAML: |
   {{- toYaml . | nindent 2 }}
 {{- end }}
 submissionMode: {{ $job.submissionMode }}
-backoffLimit: {{ $job.backoffLimit }}
 {{- if not (kindIs "invalid" $job.activeDeadlineSeconds) }}
 activeDeadlineSeconds: {{ $job.activeDeadlineSeconds }}
 {{- end }}
+{{- /* Retries and cluster teardown only apply to a cluster the RayJob owns (KubeRay
+       rejects backoffLimit > 0 with clusterSelector, and a TTL without shutdown). */}}
 {{- if eq .Values.ray.mode "rayjob" }}
+backoffLimit: {{ $job.backoffLimit }}
 shutdownAfterJobFinishes: {{ $job.shutdownAfterJobFinishes }}
+{{- if $job.shutdownAfterJobFinishes }}
 ttlSecondsAfterFinished: {{ $job.ttlSecondsAfterFinished }}
+{{- end }}
 {{- end }}
 {{- end -}}

