@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     count = 24 if args.quick and "--shapes" not in (argv or sys.argv) else args.shapes
     workers = args.workers or (os.cpu_count() or 1)
 
+    load_before = os.getloadavg()[0]
     shapes, source = bench_shapes(count, seed=args.seed)
     configs = {"default": SimSettings(), "paper": paper_settings()}
     print(f"{len(shapes)} shapes from {source}; {workers} worker(s) for the all-core runs", flush=True)
@@ -155,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPU core(s), {workers} pool worker(s); shapes: {len(shapes)} from {source} "
         "(every other one a noisy variant: holes, specks, blobs, leans, mixed). "
         f"Reference: exact boxes ({'all boxes collide' if args.full_reference else 'boxes on hull vertices collide'}), "
-        f"0.25 ms steps, fixed 20 s, no early stop; {ref_stable}/{len(shapes)} stable.",
+        f"0.25 ms steps, fixed 20 s, no early stop; {ref_stable}/{len(shapes)} stable; took {ref_wall:.0f} s on the pool. "
+        f"Load average while running: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        "(the machine is shared: absolute times are noisy, the two configurations are timed interleaved "
+        "shape by shape so the ratio is fair; an all-core rate below the one-core rate means other "
+        "processes held the cores).",
         "",
         "| configuration | shapes/s, 1 core | shapes/s, all cores | p50 ms | p95 ms | agreement with reference | mean steps | mean collision geoms |",
         "|---|---|---|---|---|---|---|---|",
@@ -173,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{d.integrator}, {d.timestep * 1e3:g} ms, early stop at rest ({d.rest_dwell_time:g} s dwell) "
         f"or past {d.fall_stop_tilt_deg} deg tilt, at most {d.max_time:g} s.",
         "- paper: single convex hull for collision and mass, Euler, 1 ms, fixed 10 s, MuJoCo default friction.",
-        "- latency = wall time of `simulate()` per shape in one process (geometry, compile, stepping).",
+        "- latency = wall time of `simulate()` per shape in one process (geometry, compile, stepping); "
+        "shapes/s on one core = shapes / sum of those latencies; on all cores = a warm `OraclePool`.",
+        "- labels agree with the reference where both say stable or both unstable (tilt < 20 deg).",
     ]
     if default["wrong"] or paper["wrong"]:
         body.append(f"- disagreements, default: {', '.join(default['wrong']) or 'none'}; paper: {', '.join(paper['wrong']) or 'none'}.")

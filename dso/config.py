@@ -415,6 +415,9 @@ class ApiSettings(Section):
     default_page_size: int = Field(50, ge=1)
     max_page_size: int = Field(500, ge=1)
     readiness_timeout_s: float = Field(2.0, gt=0)  # a Redis ping slower than this reads as not ready
+    # /readyz also needs a live metrics target of each of these components (e.g. ["learner"]), read from
+    # the TTL'd announcements in Redis: how a standalone `dso api` knows the loop is alive
+    ready_requires: list[Literal["generator", "simulator", "learner"]] = Field(default_factory=list)
     archive_cache_entries: int = Field(4, ge=0)  # adapter archives kept in memory (versions are immutable)
     metrics_port: int = Field(9100, ge=0, le=65535)  # loop processes: first port tried by start_metrics_server
     metrics_port_span: int = Field(64, ge=1)  # ... then the next ones, so several processes share a host

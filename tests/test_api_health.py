@@ -94,3 +94,15 @@ def test_metrics_targets_are_served_as_http_service_discovery(broker: Broker) ->
         {"targets": ["10.0.0.7:9100"], "labels": {"component": "learner"}},
         {"targets": ["10.0.0.5:9101", "10.0.0.6:9101"], "labels": {"component": "simulator"}},
     ]
+
+
+def test_readiness_can_require_announced_loop_components(broker: Broker) -> None:
+    app = create_app(
+        Settings(broker=broker.settings, api=ApiSettings(ready_requires=["learner"])), broker,
+        metrics=LoopMetrics(CollectorRegistry()), environ={},
+    )
+    with TestClient(app) as client:
+        waiting = client.get("/readyz")
+        assert waiting.status_code == 503 and "no live learner" in waiting.json()["checks"]["learner_announced"]
+        MetricsTargets(broker.connection.client, metrics_targets_key(broker)).announce("learner", "10.0.0.9:9100")
+        assert client.get("/readyz").status_code == 200

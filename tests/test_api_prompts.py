@@ -216,3 +216,12 @@ def test_prompt_image_etag_and_304(client: TestClient) -> None:
     assert cached.status_code == 304 and cached.content == b""
     other = client.get(f"/v1/prompts/{prompt_id}/image", headers={"If-None-Match": '"nope"'})
     assert other.status_code == 200 and other.content == data
+
+
+def test_prompts_stored_by_the_loop_are_served_with_their_media_type(client: TestClient, broker: Broker) -> None:
+    data = encoded("PNG", seed=30)
+    prompt_id = broker.prompts.add(data, {"source": "default", "family": "biped"}).prompt_id  # no content_type
+    image = client.get(f"/v1/prompts/{prompt_id}/image")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png" and image.content == data
+    info = client.get(f"/v1/prompts/{prompt_id}").json()
+    assert info["metadata"]["source"] == "default" and info["metadata"]["family"] == "biped"

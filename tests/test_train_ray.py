@@ -65,7 +65,7 @@ def test_two_worker_ray_train_run_completes(tmp_path):
     build_dataset(TinyShapedSource(), tmp_path / "ds", ds_settings, settings.shapes, settings.sim)
     assert OfflineDataset.load(tmp_path / "ds").summary()["pair_prompts"] == 4
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never join another run's cluster
     try:
         result = train_with_ray(settings, tmp_path / "ds", tmp_path / "out", workers=2, steps=4)
     finally:

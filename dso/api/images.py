@@ -19,6 +19,17 @@ from dso.config import ApiSettings
 from dso.models.image_io import ImageTooLargeError, InvalidImageError, UnsupportedImageError, load_image
 
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
+
+
+def sniff_content_type(data: bytes) -> str:
+    """The media type of stored image bytes (for prompts stored without one, e.g. the loop's defaults)."""
+    for magic, media_type in _MAGIC:
+        if data.startswith(magic):
+            return media_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,10 @@ async def readyz(ctx: ApiContext = Depends(get_context)) -> JSONResponse:
     checks = {"redis": await _check_redis(ctx), "adapter_store": _check_adapter_store(ctx)}
     for name, check in ctx.component_checks.items():
         checks[name] = await run_in_threadpool(_check_component, check)
+    if ctx.settings.ready_requires and checks["redis"] == "ok":
+        live = {component for component, _address in await run_in_threadpool(ctx.targets.live)}
+        for component in ctx.settings.ready_requires:
+            checks[f"{component}_announced"] = "ok" if component in live else f"no live {component} has announced itself"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(Readiness(ready=ready, checks=checks).model_dump(), status_code=200 if ready else 503)
 

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from dso.api.deps import ApiContext, get_context, require_read, require_write
 from dso.api.errors import ApiError
 from dso.api.http_cache import cache_control, matches, not_modified, quoted
-from dso.api.images import CONTENT_TYPES, ValidatedImage, validate_image
+from dso.api.images import CONTENT_TYPES, ValidatedImage, sniff_content_type, validate_image
 from dso.api.schemas import (
     PROMPT_ID_PATTERN,
     PromptInfo,
@@ -203,7 +203,7 @@ def get_prompt_image(
         prompt = ctx.broker.prompts.get(prompt_id)
     except UnknownPromptError:
         raise ApiError(404, f"no prompt with id {prompt_id}") from None
-    media_type = prompt.metadata.get("content_type") or "application/octet-stream"
+    media_type = prompt.metadata.get("content_type") or sniff_content_type(prompt.image)
     return Response(prompt.image, media_type=media_type, headers={"ETag": etag, "Cache-Control": control})
 
 

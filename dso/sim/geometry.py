@@ -3,8 +3,15 @@
 Grids become exact boxes (merged voxels) or one convex hull; meshes become
 CoACD convex parts or one convex hull. Everything is translated so that the
 lowest point sits at z = 0. In ``hull`` mode the mass properties are those of
-the hull too (one convex solid, as the paper's code simulates it); in the
-other modes they are the exact solid's.
+the hull too (one convex solid: a clean stand-in for the paper's code, which
+let MuJoCo infer inertia from the mesh with its default "legacy" method that
+also over-counts concave regions); in the other modes they are the exact
+solid's.
+
+Why the exact solid matters but the hull's collision shape alone would not:
+a rigid body on a plane only ever touches it on its convex hull, so what the
+single-hull model gets wrong is the mass (the filled-in concavities), which
+moves the centre of mass.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dso.sim.errors import InvalidInputError
 from dso.sim.inputs import clean_mesh
 from dso.sim.mass import MassProperties, box_mass_properties, mesh_mass_properties
 
+
 @dataclass(frozen=True)
 class CollisionGeometry:
     """What MuJoCo needs: box geoms and/or convex parts, plus the body's mass properties."""
@@ -31,7 +39,7 @@ class CollisionGeometry:
     box_centres: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     box_half_sizes: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     convex_parts: list[np.ndarray] = field(default_factory=list)
-    total_boxes: int = 0  # boxes in the exact partition, before interior pruning
+    total_boxes: int = 0  # boxes in the exact partition (grids), before collision pruning
 
     @property
     def geom_count(self) -> int:
@@ -39,12 +47,12 @@ class CollisionGeometry:
 
 
 def _hull(points: np.ndarray, what: str) -> trimesh.Trimesh:
+    """The convex hull of ``points`` as a closed mesh; a flat point set is invalid input."""
     try:
         hull = ConvexHull(points)
     except (QhullError, ValueError) as exc:
         raise InvalidInputError(f"{what} has no volume (degenerate convex hull): {exc}") from exc
-    mesh = trimesh.Trimesh(vertices=points[hull.vertices], process=False)
-    mesh = trimesh.convex.convex_hull(mesh.vertices)
+    mesh = trimesh.convex.convex_hull(points[hull.vertices])
     if mesh.volume <= 0:
         raise InvalidInputError(f"{what} has no volume")
     return mesh
@@ -104,11 +112,11 @@ def grid_geometry(occupancy: np.ndarray, settings: SimSettings, mode: str) -> Co
     n = occupancy.shape[0]
     voxel = settings.object_scale / n
     lo, hi = merge_boxes(occupancy)
-    z0 = lo[:, 2].min()
-    to_metres = lambda idx: (idx - np.array([n / 2, n / 2, z0])) * voxel  # lowest voxel face at z = 0
-    lo_m, hi_m = to_metres(lo).astype(float), to_metres(hi).astype(float)
+    origin = np.array([n / 2, n / 2, lo[:, 2].min()])  # grid centre in x, y; lowest voxel face at z = 0
+    lo_m, hi_m = (lo - origin) * voxel, (hi - origin) * voxel
     if mode == "hull":
-        hull_mesh = _hull(to_metres(_line_extremes(_box_corners(lo, hi).reshape(-1, 3))), "occupancy grid")
+        corners = _line_extremes(_box_corners(lo, hi).reshape(-1, 3))
+        hull_mesh = _hull((corners - origin) * voxel, "occupancy grid")
         mass = mesh_mass_properties(hull_mesh, settings.density)
         return CollisionGeometry("hull", mass, convex_parts=[np.asarray(hull_mesh.vertices)], total_boxes=len(lo))
     mass = box_mass_properties(lo_m, hi_m, settings.density)

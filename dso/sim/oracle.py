@@ -2,7 +2,10 @@
 
 The object starts upright at rest with its lowest point on the ground and is
 stepped until it is at rest (velocity thresholds held for a dwell time), has
-clearly fallen, or the simulated-time budget runs out. Wall-clock time is
+clearly fallen (tilted past ``fall_stop_tilt_deg`` while still moving: a body
+released at rest that tips that far does not come back within the stability
+threshold; bench/oracle.py checks this against full-length reference runs),
+or the simulated-time budget runs out. Wall-clock time is
 checked between chunks of steps, so the per-item limit works in any thread
 or process (no signals).
 """
@@ -78,6 +81,7 @@ def _verdict_from_run(
     common = dict(
         mode=geometry.mode,
         collision_geoms=geometry.geom_count,
+        box_count=geometry.total_boxes,
         mass=float(geometry.mass.mass),
         com=geometry.mass.com.tolist(),
         steps=run.steps,
@@ -111,7 +115,6 @@ def simulate(item: SimInput, settings: SimSettings | None = None) -> Verdict:
     settings = settings or SimSettings()
     started = time.perf_counter()
     deadline = started + settings.item_timeout_s
-    geometry: CollisionGeometry | None = None
     try:
         geometry = build_geometry(resolve_input(item), settings)
         model = build_model(geometry, settings)

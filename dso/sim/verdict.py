@@ -47,7 +47,8 @@ class Verdict(BaseModel):
     quaternion: list[float] | None = None  # final orientation, (w, x, y, z)
     message: str = ""
     mode: str | None = None  # collision geometry actually used: boxes | decompose | hull
-    collision_geoms: int = 0  # box count (boxes mode) or convex part count
+    collision_geoms: int = 0  # geoms that collide: boxes on hull vertices, convex parts, or 1 hull
+    box_count: int = 0  # boxes in the exact partition of a grid (0 for meshes)
     mass: float | None = None  # kg
     com: list[float] | None = None  # centre of mass in the initial (placed) frame, metres
     elapsed_s: float = 0.0  # wall-clock seconds for this item, geometry included
