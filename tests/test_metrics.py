@@ -61,6 +61,17 @@ def test_verdicts_map_to_the_four_results() -> None:
         labelled_result({"status": "ok"})
 
 
+def test_oracle_verdict_objects_are_read_directly() -> None:
+    from dso.sim.verdict import SimStatus, Verdict
+
+    registry = CollectorRegistry()
+    metrics = LoopMetrics(registry)
+    assert metrics.observe_labelled(Verdict(status=SimStatus.ok, stable=True, elapsed_s=0.04)) == "stable"
+    assert metrics.observe_labelled(Verdict.failure(SimStatus.invalid_input, "empty grid", elapsed_s=0.01)) == "invalid"
+    assert metrics.observe_labelled(Verdict.failure(SimStatus.timeout, "too slow", elapsed_s=30.0)) == "error"
+    assert value(registry, "dso_simulation_duration_seconds_sum") == pytest.approx(30.05)
+
+
 def test_helpers_record_counters_histograms_and_gauges() -> None:
     registry = CollectorRegistry()
     metrics = LoopMetrics(registry)
