@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     body = [
         SECTION,
         "",
-        f"`python bench/oracle.py --shapes {len(shapes)}` on {platform.processor() or platform.machine()}, "
+        f"`python bench/oracle.py --shapes {len(shapes)}{f' --seed {args.seed}' if args.seed else ''}` on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU core(s), {workers} pool worker(s); shapes: {len(shapes)} from {source} "
         "(every other one a noisy variant: holes, specks, blobs, leans, mixed). "
         f"Reference: exact boxes ({'all boxes collide' if args.full_reference else 'boxes on hull vertices collide'}), "

@@ -130,14 +130,15 @@ class SimSettings(Section):
     """Stability oracle: geometry -> MuJoCo -> verdict (see dso/sim).
 
     Defaults are the fast, exact configuration measured in docs/benchmarks.md
-    (section "Stability oracle"); ``paper_sim_settings()`` in dso.sim gives the
+    (section "Stability oracle"); ``dso.sim.paper_settings()`` gives the
     paper's configuration for comparison.
     """
 
     # collision geometry: grids -> "boxes" (exact merged voxels); meshes -> "decompose" (CoACD);
     # "hull" = one convex hull for collision AND mass (the paper's single-hull behaviour)
     mode: Literal["boxes", "decompose", "hull"] = "boxes"
-    timestep: float = Field(0.004, gt=0)  # s; 4 ms with implicitfast agrees with the 0.25 ms reference
+    # s; 5 ms with implicitfast agreed 100 % with the 0.25 ms / 20 s reference (docs/benchmarks.md)
+    timestep: float = Field(0.005, gt=0)
     integrator: Literal["euler", "implicitfast", "implicit", "rk4"] = "implicitfast"
     cone: Literal["pyramidal", "elliptic"] = "pyramidal"  # friction cone model
     noslip_iterations: int = Field(0, ge=0)  # MuJoCo noslip post-solver (0 = off)
@@ -149,7 +150,7 @@ class SimSettings(Section):
     rest_linear_velocity: float = Field(1e-3, gt=0)  # m/s, centre-of-mass speed at rest
     rest_angular_velocity: float = Field(1e-2, gt=0)  # rad/s at rest
     rest_dwell_time: float = Field(0.1, ge=0)  # s the rest thresholds must hold
-    check_interval: float = Field(0.02, gt=0)  # s of sim time between rest / wall-clock checks
+    check_interval: float = Field(0.025, gt=0)  # s of sim time between rest / wall-clock checks
     # early stop once tilted past this while still moving (None = off); the reported tilt is
     # then the tilt at that moment, not at the final equilibrium
     fall_stop_tilt_deg: float | None = Field(60.0, gt=0, lt=180)
@@ -356,8 +357,8 @@ class LoopSettings(Section):
     drain_timeout_s: float = Field(15.0, ge=0)  # at stop, simulators/learner finish queued work this long (rest stays pending)
     progress_interval_s: float = Field(2.0, gt=0)  # refresh of the live progress line
     run_dir: Path | None = None  # checkpoints and summary; None -> broker.run_dir
-    api_enabled: bool = False  # HTTP API inside `dso run` (once dso.api exists)
-    api_port: int = Field(8000, gt=0, lt=65536)
+    api_enabled: bool = True  # serve the HTTP API (on api.host:api.port) inside `dso run`; the Ray job only with --api
+    api_token_bytes: int = Field(24, ge=16)  # random write token made for a session when DSO_API_TOKEN is unset
 
 
 class DatasetSettings(Section):
@@ -425,6 +426,21 @@ class ApiSettings(Section):
     target_ttl_s: int = Field(60, gt=0)  # a process's metrics target expires unless re-announced within this
 
 
+class ConsoleSettings(Section):
+    """The web console served at ``/`` (dso/api/routes_console.py) and the sample endpoints it reads."""
+
+    samples_default_limit: int = Field(24, ge=1)  # GET /v1/samples page size when none is asked for
+    samples_max_limit: int = Field(200, ge=1)  # ... and the largest page allowed
+    samples_scan_limit: int = Field(1000, ge=1)  # newest replay records examined per listing (prompt filter)
+    preview_size: int = Field(192, ge=16, le=1024)  # rendered preview, pixels square
+    preview_azimuth_deg: float = 35.0  # preview camera, degrees from +x towards +y ...
+    preview_elevation_deg: float = Field(25.0, ge=-89.0, le=89.0)  # ... and above the ground
+    preview_fov_deg: float = Field(30.0, gt=0.0, lt=180.0)  # the camera backs off until the object fits this view
+    media_cache_entries: int = Field(256, ge=0)  # rendered previews / GLBs kept in memory (records are immutable)
+    history_buckets: int = Field(40, ge=1, le=500)  # default points of the stability-rate history
+    history_max_buckets: int = Field(500, ge=1)
+
+
 class Settings(Section):
     """The whole configuration tree."""
 
@@ -442,6 +458,7 @@ class Settings(Section):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
     loop: LoopSettings = Field(default_factory=LoopSettings)  # the online loop (dso.actors, dso.jobs)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # web console + sample endpoints (dso.api)
 
 
 ENV_PREFIX = "DSO__"

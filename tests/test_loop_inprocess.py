@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from conftest_broker import make_settings, valkey_server  # noqa: F401  (session fixture)
 from dso.actors import AdoptionLog, GeneratorWorker, Learner, SimulatorWorker, seed_default_prompts
+from dso.actors.prompt_images import png_bytes
+from dso.api.app import create_app
+from dso.api.prompt_stats import PromptStats
+from dso.api.server import ApiServer
 from dso.broker.broker import Broker
 from dso.broker.keys import KeySpace
 from dso.broker.records import LabelledRecord, Verdict
+from dso.broker.streams import DATA_FIELD
+from dso.shapes.prompts import training_prompt
 from test_loop_support import export_random_tiny_model, loop_test_settings
 
 
@@ -124,3 +132,94 @@ def test_paired_objective_pairs_by_prompt(loop_env, tmp_path):
     half = batch.x0.shape[0] // 2
     assert half >= 1 and batch.stable[:half].all() and not batch.stable[half:].any()
     assert learner.step().trained
+
+
+def metric(name: str, **labels: str) -> float:
+    """Current value of a sample in the process-wide registry (0 before the first observation)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_workers_record_prometheus_metrics_and_prompt_stats_once(loop_env, tmp_path):
+    settings, broker = loop_env
+    before = {
+        "generated": metric("dso_samples_generated_total"),
+        "batches": metric("dso_generation_batch_duration_seconds_count"),
+        "labelled": sum(metric("dso_samples_labelled_total", result=r) for r in ("stable", "unstable", "invalid", "error")),
+        "simulations": metric("dso_simulation_duration_seconds_count"),
+        "steps": metric("dso_learner_steps_total"),
+        "step_times": metric("dso_learner_step_duration_seconds_count"),
+        "staleness": metric("dso_sample_staleness_versions_count"),
+        "published": metric("dso_adapters_published_total"),
+        "adoptions": metric("dso_adapter_publish_to_adopt_seconds_count"),
+    }
+    generator, simulator = GeneratorWorker(broker, settings), SimulatorWorker(broker, settings)
+    learner = Learner(broker, settings, tmp_path / "run")
+    batch = generator.step()
+    drain(simulator)
+    # a redelivered labelled record (a simulator died between put and ack) must not be counted twice
+    _entry, fields = broker.labelled.client.xrange(broker.labelled.stream_key, count=1)[0]
+    payload = fields[DATA_FIELD]
+    broker.labelled.put(LabelledRecord.from_bytes(payload).sample_id, payload)
+    steps = 0
+    while learner.version < 1:
+        steps += int(learner.step().trained)
+    assert metric("dso_samples_generated_total") - before["generated"] == batch.samples
+    assert metric("dso_generation_batch_duration_seconds_count") - before["batches"] == 1
+    labelled = sum(metric("dso_samples_labelled_total", result=r) for r in ("stable", "unstable", "invalid", "error"))
+    assert labelled - before["labelled"] == batch.samples == simulator.labelled
+    assert metric("dso_simulation_duration_seconds_count") - before["simulations"] == batch.samples
+    assert metric("dso_learner_steps_total") - before["steps"] == steps == learner.tuner.step
+    assert metric("dso_learner_step_duration_seconds_count") - before["step_times"] == steps
+    assert metric("dso_sample_staleness_versions_count") - before["staleness"] >= steps * 2  # one per row
+    assert metric("dso_adapters_published_total") - before["published"] == 1
+    assert metric("dso_adapter_version", component="learner") == 1
+    assert metric("dso_learner_loss") == pytest.approx(broker.stats.snapshot()["learner"]["loss"])
+    generator.step()  # adopts version 1
+    assert metric("dso_adapter_version", component="generator") == 1
+    assert metric("dso_adapter_publish_to_adopt_seconds_count") - before["adoptions"] == 1
+    # per-prompt counts: each sample exactly once, the duplicate delivery ignored
+    prompt_id = broker.replay.get(batch.sample_ids[0]).sample.prompt_id
+    counts = PromptStats.for_broker(broker).get(prompt_id)
+    assert counts["labelled"] == batch.samples == counts["stable"] + counts["unstable"] + counts["invalid"]
+    assert broker.stats.snapshot()["totals"]["labelled"] == batch.samples
+
+
+def test_new_prompts_go_first_and_are_sampled_in_the_next_batch(loop_env):
+    settings, broker = loop_env
+    generator = GeneratorWorker(broker, settings)
+    defaults = broker.prompts.active()
+    chosen = []
+    for _ in defaults:
+        batch = generator.choose_prompts()
+        generator.sampled_prompts.update(batch)  # what step() does once the batch is generated
+        chosen += batch
+    assert sorted(chosen) == sorted(defaults), "every prompt is sampled once before any repeats"
+    broker.prompts.retire(defaults[0])
+    assert defaults[0] not in generator.choose_prompts() and defaults[0] not in generator.sampled_prompts
+
+
+def test_prompt_uploaded_over_the_api_is_sampled_by_the_next_batch(loop_env):
+    settings, broker = loop_env
+    token = "loop-test-token"
+    app = create_app(settings, broker, environ={settings.api.token_env: token})
+    generator, simulator = GeneratorWorker(broker, settings), SimulatorWorker(broker, settings)
+    learner = Learner(broker, settings, broker.settings.run_dir / "run")
+    with ApiServer(app, port=0) as server:
+        assert generator.step() is not None  # the loop is running on the default prompts
+        image = png_bytes(training_prompt(seed=12345, view_seed=7, settings=settings.shapes).image)
+        reply = httpx.post(
+            f"{server.url}/v1/prompts",
+            files={"images": ("mug.png", image, "image/png")},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert reply.status_code == 201, reply.text
+        uploaded = reply.json()["prompts"][0]["id"]
+        batch = generator.step()
+        drain(simulator, learner)
+        prompts_of_batch = {broker.replay.get(i).sample.prompt_id for i in batch.sample_ids}
+        assert uploaded in prompts_of_batch, "the uploaded prompt is sampled by the very next batch"
+        info = httpx.get(f"{server.url}/v1/prompts/{uploaded}", timeout=30).json()
+        assert info["stability"]["labelled"] == settings.loop.samples_per_prompt
+        metrics_text = httpx.get(f"{server.url}/metrics", timeout=30).text
+        assert 'dso_samples_labelled_total{result="stable"}' in metrics_text

@@ -4,7 +4,13 @@ Every sample carries the adapter version that made it. Between batches (never
 inside one, so a batch has exactly one version) the worker looks for a newer
 published adapter and hot-swaps it into the live model with
 :class:`dso.models.lora.AdapterSwapper`, which proves the swap changed the
-model's output; the publish-to-adopt latency goes to :class:`AdoptionLog`.
+model's output; the publish-to-adopt latency goes to the Prometheus histogram
+(:mod:`dso.telemetry`) and to the run's :class:`AdoptionLog`.
+
+Prompts are read from the store on every batch, and prompts this worker has not
+sampled yet go first, so an image uploaded over the API is sampled within one
+batch (``loop.prompts_per_batch`` new prompts per batch), and the default set is
+covered once before any prompt repeats.
 """
 
 from __future__ import annotations
@@ -13,12 +19,11 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass
-from datetime import datetime
-
 import numpy as np
 
+from dso import telemetry
+from dso.actors.adoptions import AdoptionLog
 from dso.actors.prompt_images import PromptImages
-from dso.actors.telemetry import AdoptionLog
 from dso.broker.adapter_store import AdapterStoreError
 from dso.broker.broker import Broker
 from dso.broker.keys import KeySpace
@@ -66,7 +71,9 @@ class GeneratorWorker:
         self.adoptions = AdoptionLog(broker.connection.client, KeySpace(broker.settings.key_prefix))
         self.rng = np.random.default_rng([settings.loop.seed, zlib.crc32(name.encode()), time.time_ns()])
         self.refused_versions: set[int] = set()
+        self.sampled_prompts: set[str] = set()  # prompt ids this worker has generated from
         self.generated = 0
+        telemetry.set_adapter_version("generator", self.version)
 
     @property
     def batch_size(self) -> int:
@@ -99,12 +106,28 @@ class GeneratorWorker:
             self.refused_versions.add(latest)
             return None
         self.version = latest
-        latency = time.time() - datetime.fromisoformat(manifest.created_at).timestamp()
+        latency = telemetry.adoption_latency(manifest.created_at)
+        telemetry.set_adapter_version("generator", latest)
+        telemetry.observe_publish_to_adopt(latency)
         self.adoptions.record(latest, latency, self.name)
         log.info("%s: adopted adapter version %d (%.3f s after publish)", self.name, latest, latency)
         return latest
 
     # --- one batch ----------------------------------------------------------------
+
+    def choose_prompts(self) -> list[str]:
+        """``loop.prompts_per_batch`` active prompt ids: never-sampled ones first (newest first), the rest at random.
+
+        The store is read on every call, so uploads and retirements take effect on the next batch.
+        """
+        active = self.broker.prompts.active()  # oldest first
+        if not active:
+            return []
+        self.sampled_prompts.intersection_update(active)  # forget retired prompts
+        n = self.loop.prompts_per_batch
+        fresh = [p for p in active if p not in self.sampled_prompts][-n:]
+        rest = [str(p) for p in self.rng.choice(active, size=n - len(fresh))] if len(fresh) < n else []
+        return fresh + rest
 
     def step(self) -> GeneratedBatch | None:
         """Adopt a newer adapter if any, then generate and enqueue one batch; None when there is no room or no prompt."""
@@ -112,15 +135,15 @@ class GeneratorWorker:
         n = self.batch_size
         if not self.broker.admission.admit(n):
             return None
-        prompt_ids = self.broker.prompts.active()
-        if not prompt_ids:
+        chosen = self.choose_prompts()
+        if not chosen:
             return None
-        chosen = [str(p) for p in self.rng.choice(prompt_ids, size=self.loop.prompts_per_batch)]
         images = [self.images.get(pid) for pid in chosen]
         first_seed = int(self.rng.integers(0, SEED_SPACE))
         started = time.perf_counter()
         shapes = self.generator.generate(images, samples_per_image=self.loop.samples_per_prompt, seed=first_seed)
         seconds = time.perf_counter() - started
+        self.sampled_prompts.update(chosen)
         ids = []
         for shape in shapes:
             record = SampleRecord(
@@ -135,5 +158,6 @@ class GeneratorWorker:
             self.broker.samples.put(record.sample_id, record.to_bytes())
             ids.append(record.sample_id)
         self.broker.stats.record_generated(self.version, len(shapes), seconds)
+        telemetry.observe_generated(len(shapes), seconds)
         self.generated += len(shapes)
         return GeneratedBatch(len(shapes), self.version, seconds, tuple(ids))

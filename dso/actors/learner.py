@@ -8,6 +8,11 @@ of fresh-enough samples (``broker.max_staleness_versions``). Every
 version) into the run directory and publishes the adapter as the next version.
 A restarted learner loads that checkpoint and continues the version sequence
 from the adapter store, and the replay buffer lives on in Redis.
+
+Counting happens here because only the replay buffer's ingest knows whether a
+sample id is new: the run's statistics (StatsStore) and the per-prompt counts
+behind ``GET /v1/prompts/{id}`` see every sample exactly once, redeliveries
+excluded. Steps, loss, staleness and publishes go to :mod:`dso.telemetry`.
 """
 
 from __future__ import annotations
@@ -20,10 +25,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import time
+
 import numpy as np
 import torch
 
+from dso import telemetry
 from dso.actors.prompt_images import PromptImages
+from dso.api.prompt_stats import PromptStats
 from dso.broker.adapter_store import AdapterManifest
 from dso.broker.broker import Broker
 from dso.broker.records import LabelledRecord
@@ -91,6 +100,8 @@ class Learner:
             log.info("%s: resumed from step %d", name, self.resumed_from_step)
         saved = self._read_state().get("version", 0)
         self.version = max(broker.adapters.latest() or 0, int(saved))
+        self.prompt_stats = PromptStats.for_broker(broker)
+        telemetry.set_adapter_version("learner", self.version)
 
     # --- persistence ---------------------------------------------------------------
 
@@ -119,6 +130,7 @@ class Learner:
         )
         self.version = manifest.version
         write_json_atomic(self.checkpoint_dir / STATE_FILE, {"step": self.tuner.step, "version": self.version})
+        telemetry.observe_adapter_published(self.version)  # also sets the learner's adapter-version gauge
         log.info("%s: published adapter version %d at step %d", self.name, self.version, self.tuner.step)
         return manifest
 
@@ -133,7 +145,8 @@ class Learner:
             result = self.broker.replay.ingest(delivery, queue)
             if result in COUNTED:
                 record = LabelledRecord.from_bytes(delivery.payload)
-                self.broker.stats.record_labelled(record.verdict, record.adapter_version)
+                outcome = self.broker.stats.record_labelled(record.verdict, record.adapter_version)
+                self.prompt_stats.record(record.sample.prompt_id, outcome)
         return len(deliveries)
 
     def condition(self, prompt_id: str) -> torch.Tensor:
@@ -181,15 +194,15 @@ class Learner:
             return None
         return winners + losers, [True] * len(winners) + [False] * len(losers)
 
-    def train_batch(self, rng: np.random.Generator) -> tuple[TrainBatch, float] | None:
-        """A TrainBatch from the replay buffer and its mean staleness (versions behind), or None if not drawable."""
+    def train_batch(self, rng: np.random.Generator) -> tuple[TrainBatch, list[int]] | None:
+        """A TrainBatch from the replay buffer and each row's staleness (versions behind), or None if not drawable."""
         drawn = self._records(rng)
         if drawn is None:
             return None
         records, labels = drawn
         x0 = torch.stack([torch.from_numpy(r.sample.latent.astype(np.float32)) for r in records])
         cond = torch.stack([self.condition(r.sample.prompt_id) for r in records])
-        staleness = float(np.mean([self.version - r.adapter_version for r in records]))
+        staleness = [max(0, self.version - r.adapter_version) for r in records]
         return TrainBatch(x0, cond, torch.tensor(labels, dtype=torch.bool)), staleness
 
     # --- one step --------------------------------------------------------------------
@@ -203,12 +216,15 @@ class Learner:
         if drawn is None:
             return out
         batch, staleness = drawn
+        telemetry.observe_staleness(staleness)
+        started = time.perf_counter()
         try:
             metrics = self.tuner.train_step(batch)
         except FloatingPointError as exc:
             log.warning("%s: %s", self.name, exc)
             return out
-        metrics["batch_staleness"] = staleness
+        telemetry.observe_learner_step(metrics["loss"], time.perf_counter() - started)
+        metrics["batch_staleness"] = float(np.mean(staleness))
         out.trained, out.metrics = True, metrics
         if self.tuner.step % self.loop.publish_every == 0:
             out.published = self.publish(metrics)

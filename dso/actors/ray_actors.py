@@ -4,6 +4,9 @@ Actors are threaded (``max_concurrency=2``) so ``stop()`` can be called while
 ``run()`` is looping. Resources (CPUs, GPUs) are set per role by
 :func:`actor_options` from ``LoopSettings``; on a 2-core laptop the fractional
 CPUs let one generator, one simulator and the learner share the machine.
+
+Each actor is its own process, so each serves its own Prometheus ``/metrics``
+(:mod:`dso.actors.exporter`) from construction until its loop ends.
 """
 
 from __future__ import annotations
@@ -45,18 +48,40 @@ class _RoleActor:
         self.settings = settings
         self.name = name
         self._stop = threading.Event()
+        self._exporter = None
+
+    def _start_exporter(self, component: str) -> None:
+        """Serve this actor's metrics (call once its broker is open)."""
+        from dso.actors.exporter import start_exporter
+
+        self._exporter = start_exporter(component, self.settings, self.broker)
 
     def ready(self) -> str:
         return self.name
+
+    def metrics_url(self) -> str | None:
+        """Where this actor's ``/metrics`` is reachable from other hosts (None without an exporter)."""
+        if self._exporter is None:
+            return None
+        from dso.telemetry import advertised_host
+
+        server = self._exporter.server
+        return f"http://{advertised_host(server.host)}:{server.port}/metrics"
 
     def stop(self) -> None:
         self._stop.set()
 
     def _loop(self, step) -> int:
+        from dso.actors.exporter import stop_exporter
         from dso.actors.running import run_until_stopped
 
         self._stop.clear()
-        return run_until_stopped(step, self._stop, self.settings.loop.idle_sleep_s, self.name)
+        try:
+            return run_until_stopped(step, self._stop, self.settings.loop.idle_sleep_s, self.name)
+        finally:
+            if self._stop.is_set():  # a finished loop: the actor is about to be killed
+                stop_exporter(self._exporter)
+                self._exporter = None
 
 
 @ray.remote(max_concurrency=2)
@@ -69,6 +94,7 @@ class GeneratorActor(_RoleActor):
 
         self.broker = _open_broker(settings, redis_url)
         self.worker = GeneratorWorker(self.broker, settings, name=name)
+        self._start_exporter("generator")
         self.worker.maybe_adopt()  # a restarted generator starts from the latest adapter
 
     def run(self) -> dict[str, Any]:
@@ -86,6 +112,7 @@ class SimulatorActor(_RoleActor):
 
         self.broker = _open_broker(settings, redis_url)
         self.worker = SimulatorWorker(self.broker, settings, name=name)
+        self._start_exporter("simulator")
 
     def run(self) -> dict[str, Any]:
         block_ms = min(self.broker.settings.read_block_ms, 250)  # short blocking reads keep stop() responsive
@@ -103,6 +130,7 @@ class LearnerActor(_RoleActor):
 
         self.broker = _open_broker(settings, redis_url)
         self.learner = Learner(self.broker, settings, Path(run_dir), name=name)
+        self._start_exporter("learner")
 
     def run(self) -> dict[str, Any]:
         def step() -> bool:

@@ -7,6 +7,11 @@ leaves its entry pending; another worker reclaims it once it has been idle for
 ``broker.claim_idle_ms``. An item that makes the simulator raise is left
 pending too, and after ``broker.max_deliveries`` deliveries the reclaim moves it
 to the dead-letter stream, so one poison input never stalls the loop.
+
+Every verdict is counted in the process's Prometheus metrics
+(``dso_samples_labelled_total``, ``dso_simulation_duration_seconds``); the run's
+exactly-once counts (StatsStore, per-prompt stats) are kept by the learner when
+it ingests a sample id for the first time.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from dso import telemetry
 from dso.broker.broker import Broker
 from dso.broker.records import LabelledRecord, RecordDecodeError, SampleRecord
 from dso.broker.streams import Delivery
@@ -73,5 +79,6 @@ class SimulatorWorker:
             return False
         self.broker.labelled.put(sample.sample_id, labelled.to_bytes())
         self.broker.samples.ack([delivery.entry_id])
+        telemetry.observe_labelled(verdict)
         self.labelled += 1
         return True

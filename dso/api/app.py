@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
 from dso import telemetry
-from dso.api import routes_adapters, routes_ops, routes_prompts
+from dso.api import routes_adapters, routes_console, routes_ops, routes_prompts, routes_samples
 from dso.api.archive import ArchiveCache
 from dso.api.auth import TokenSource
 from dso.api.deps import ApiContext
@@ -95,12 +95,15 @@ def create_app(
             {"name": "prompts", "description": "Prompt images the generators sample from"},
             {"name": "adapters", "description": "Published LoRA adapter versions (PEFT format)"},
             {"name": "operations", "description": "Statistics, health and metrics"},
+            {"name": "samples", "description": "Recent labelled samples, their meshes and previews (the console)"},
         ],
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    for module in (routes_prompts, routes_adapters, routes_ops):
+    routes_samples.attach(app, settings)
+    for module in (routes_prompts, routes_adapters, routes_ops, routes_samples, routes_console):
         app.include_router(module.router)
+    routes_console.attach(app)  # the web console's static files under /console; the page itself is /
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     return app

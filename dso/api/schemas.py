@@ -197,3 +197,69 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
             entry["model"] = ErrorResponse
         out[code] = entry
     return out
+
+
+# --- samples and history (the web console's reads; dso/api/routes_samples.py) -------------------------
+
+SAMPLE_ID_PATTERN = r"^[0-9A-Za-z_-]{1,128}$"
+
+
+class SamplePose(BaseModel):
+    """The simulator's final pose of the body, in its z-up world (metres)."""
+
+    position: list[float] = Field(description="final body origin (x, y, z), metres", examples=[[0.01, -0.02, 0.11]])
+    quaternion: list[float] = Field(description="final orientation (w, x, y, z)", examples=[[0.71, 0.70, 0.0, 0.0]])
+
+
+class SampleInfo(BaseModel):
+    """One labelled sample from the replay buffer, with its verdict and where to fetch its views."""
+
+    id: str = Field(examples=["5f0c1e2d3b4a59687766554433221100"])
+    prompt_id: str = Field(examples=[SHA])
+    view: int
+    seed: int
+    adapter_version: int = Field(description="the adapter version that generated it (0 = base model)")
+    created_at: float = Field(description="Unix time the sample was generated")
+    stable: bool
+    tilt_deg: float = Field(description="angle of the body's up axis from vertical at the end (yaw ignored)")
+    rotation_deg: float = Field(description="total rotation angle at the end (yaw included)")
+    status: str = Field(examples=["ok"])
+    message: str = ""
+    pose: SamplePose | None = Field(None, description="final resting pose; null for records made before it was kept")
+    mesh_url: str = Field(examples=["/v1/samples/5f0c.../mesh.glb"])
+    resting_mesh_url: str | None = Field(None, description="the mesh in its final pose (null without a pose)")
+    preview_url: str
+    resting_preview_url: str | None = None
+    prompt_image_url: str
+
+
+class SamplePage(BaseModel):
+    items: list[SampleInfo] = Field(description="newest first")
+    scanned: int = Field(description="replay records examined (at most console.samples_scan_limit)")
+    limit: int
+
+
+class HistoryBucket(BaseModel):
+    start: float = Field(description="Unix time the slice begins")
+    end: float
+    stable: int
+    unstable: int
+    invalid: int
+    stability_rate: float | None = Field(None, description="stable / (stable + unstable); null when no verdict")
+    max_version: int | None = Field(None, description="newest adapter version among the slice's samples")
+
+
+class AdapterPublication(BaseModel):
+    version: int
+    created_at: float = Field(description="Unix time the version was published")
+    step: int | None = None
+    objective: str | None = None
+
+
+class StabilityHistory(BaseModel):
+    """Stability rate over the newest verdict events (``broker.stats_window_samples``), in time slices."""
+
+    time: float
+    events: int = Field(description="verdict events the slices are built from")
+    buckets: list[HistoryBucket]
+    adapters: list[AdapterPublication] = Field(description="every published adapter version, oldest first")

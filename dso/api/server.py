@@ -7,6 +7,7 @@ API's HTTP service discovery lists the API next to the loop's other processes.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 
@@ -17,6 +18,26 @@ from dso import telemetry
 from dso.api.app import metrics_targets_key
 
 log = logging.getLogger(__name__)
+
+
+class PortInUseError(OSError):
+    """The API's port is taken by another process (another ``dso run`` or ``dso api``?)."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`PortInUseError` with what to do when ``host:port`` cannot be bound (port 0 always can)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortInUseError(
+                f"cannot serve the API on {host}:{port}: {exc.strerror or exc}. Another `dso run` or `dso api` "
+                f"may be using it: pick another port (--port, api.port, or DSO__API__PORT=...), or turn the "
+                f"API off for a loop with DSO__LOOP__API_ENABLED=false"
+            ) from None
 
 
 class ApiServer:
@@ -43,6 +64,7 @@ class ApiServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 15.0, announce: bool = True) -> ApiServer:
+        check_port_free(self.host, self.server.config.port)
         self._thread = threading.Thread(target=self.server.run, name="dso-api", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s

@@ -53,6 +53,10 @@ class Verdict(BaseModel):
     status: str = STATUS_OK
     message: str = ""
     sim_seconds: float = 0.0
+    # final resting pose of the body (dso.sim: origin in metres, quaternion w, x, y, z); None in records
+    # written before the pose was kept, or when the simulator gave no physics result
+    position: list[float] | None = None
+    quaternion: list[float] | None = None
 
     @property
     def valid(self) -> bool:

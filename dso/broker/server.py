@@ -7,6 +7,12 @@ buffer and registry. One process owns the server; it holds an exclusive lock on
 the data directory while the server runs so a second owner cannot start on the
 same files (two writers on one AOF would corrupt it) and writes the server's
 URL to ``server.json`` so other local processes can connect.
+
+The port is one the OS assigns (a socket bound to port 0, then closed, since a
+Redis server cannot be told "port 0"), not a fixed or scanned one, so two runs,
+a test session and a Ray job on one host never race for the same port; the rare
+collision (another process grabs the port between the probe and the server's
+bind) is retried with a fresh port.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
+import logging
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import IO, Any
@@ -23,8 +31,11 @@ import redis
 
 from dso.config import BrokerSettings
 
+log = logging.getLogger(__name__)
+
 SERVER_INFO_FILE = "server.json"
 LOCK_FILE = "server.lock"
+PORT_ATTEMPTS = 5  # fresh OS-assigned ports tried when another process takes one first
 
 PERSISTENCE_CONFIG: dict[str, Any] = {
     "appendonly": "yes",
@@ -46,10 +57,19 @@ class EmbeddedValkey:
     and fsyncs the AOF), so a later ``start()`` on the same directory sees all data.
     """
 
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", start_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        start_timeout_s: float = 15.0,
+        port_attempts: int = PORT_ATTEMPTS,
+    ) -> None:
+        if port_attempts < 1:
+            raise ValueError(f"port_attempts must be >= 1, got {port_attempts}")
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.start_timeout_s = start_timeout_s
+        self.port_attempts = port_attempts
         self._server: Any = None
         self._lock_file: IO[str] | None = None
         self._guard = threading.Lock()
@@ -79,14 +99,26 @@ class EmbeddedValkey:
                 raise BrokerServerError(f"embedded Valkey already running at {self.url}")
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._lock_file = self._acquire_lock()
-            try:
-                server = ValkeyServer(
-                    host=self.host, data_dir=self.data_dir, persist=True, config=dict(PERSISTENCE_CONFIG)
+            errors: list[str] = []
+            server = None
+            for _attempt in range(self.port_attempts):
+                port = free_port(self.host)
+                candidate = ValkeyServer(
+                    port=port, host=self.host, data_dir=self.data_dir, persist=True, config=dict(PERSISTENCE_CONFIG)
                 )
-                server.start(timeout=self.start_timeout_s)
-            except Exception as exc:
+                try:
+                    candidate.start(timeout=self.start_timeout_s)
+                except Exception as exc:  # noqa: BLE001 - retried on a new port, reported below
+                    errors.append(f"port {port}: {exc}")
+                    if not (port_in_use(self.host, port) or _is_address_in_use(exc)):
+                        break  # not a collision (bad binary, bad data): another port would not help
+                    log.warning("embedded Valkey lost port %d to another process; trying another", port)
+                    continue
+                server = candidate
+                break
+            if server is None:
                 self._release_lock()
-                raise BrokerServerError(f"could not start embedded Valkey in {self.data_dir}: {exc}") from exc
+                raise BrokerServerError(f"could not start embedded Valkey in {self.data_dir}: " + "; ".join(errors))
             self._server = server
             self._write_info()
             if not self._atexit_registered:
@@ -144,6 +176,32 @@ class EmbeddedValkey:
         tmp = self.data_dir / f".{SERVER_INFO_FILE}.tmp"
         tmp.write_text(json.dumps(info))
         os.replace(tmp, self.data_dir / SERVER_INFO_FILE)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free on ``host`` right now (bind to port 0, read it back, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether another process holds ``host:port`` (a collision, as opposed to a server that cannot start).
+
+    Binds with SO_REUSEADDR as Valkey does, so a port merely in TIME_WAIT counts as free.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
+def _is_address_in_use(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "already in use" in text or "address in use" in text
 
 
 def read_server_info(data_dir: Path) -> dict[str, Any] | None:

@@ -2,7 +2,8 @@
 
 Runs the same loop as ``dso run`` on the Ray cluster the job was submitted to
 (``RAY_ADDRESS`` is set by the job manager; without it a local Ray starts) and
-exits 0 after ``--duration`` seconds or on SIGTERM (``ray job stop``).
+exits 0 after ``--duration`` seconds or on SIGTERM (``ray job stop``). The HTTP
+API stays off unless ``--api`` (on Kubernetes the chart runs it as its own Deployment).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: loop.duration_s)")
     parser.add_argument("--redis", default=None, help="Redis URL (default: broker.redis_url, else embedded Valkey)")
     parser.add_argument("--address", default=None, help="Ray address (default: the job's cluster, else local)")
+    parser.add_argument("--api", action="store_true", help="serve the HTTP API from the job driver (api.host:api.port)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = session_settings(args.config, args.duration, args.redis)
+    settings = session_settings(args.config, args.duration, args.redis, api=args.api)
     summary = run_loop(settings, ray_address=args.address)
     return 0 if summary is not None else 1
 

@@ -17,7 +17,7 @@ def api(
     import logging
 
     from dso.api.app import create_app
-    from dso.api.server import ApiServer
+    from dso.api.server import ApiServer, PortInUseError
     from dso.config import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -28,8 +28,12 @@ def api(
     port = settings.api.port if port is None else port
     app = create_app(settings)  # opens (and on exit closes) its own broker
     server = ApiServer(app, host=host, port=port, log_level="info")
-    typer.echo(f"DSO API on http://{host}:{port} (docs at /docs, metrics at /metrics); Ctrl-C stops")
-    server.start(timeout_s=30.0)
+    try:
+        server.start(timeout_s=30.0)
+    except PortInUseError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"DSO API on http://{host}:{server.port} (docs at /docs, metrics at /metrics); Ctrl-C stops")
     try:
         server.wait()
     except KeyboardInterrupt:

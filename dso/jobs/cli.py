@@ -13,11 +13,17 @@ def run(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (a path, or a name under configs/)."),
     duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds (default: loop.duration_s, else Ctrl-C)."),
     redis: str | None = typer.Option(None, "--redis", help="Redis URL (default: an embedded Valkey in the run dir)."),
+    api: bool | None = typer.Option(None, "--api/--no-api", help="Serve the HTTP API on api.host:api.port (default: loop.api_enabled, on)."),
 ) -> None:
-    """Run the self-improving loop locally: generators, simulators and the learner on a local Ray."""
+    """Run the self-improving loop locally: generators, simulators and the learner on a local Ray, plus the HTTP API."""
+    from dso.api.server import PortInUseError
     from dso.jobs.local import run_local
 
-    summary = run_local(config, duration, redis)
+    try:
+        summary = run_local(config, duration, redis, api=api)
+    except PortInUseError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     if summary is None:
         raise typer.Exit(code=1)
 

@@ -15,6 +15,7 @@ def run_local(
     duration_s: float | None = None,
     redis_url: str | None = None,
     console: Console | None = None,
+    api: bool | None = None,
 ) -> LoopSummary:
-    settings = session_settings(config, duration_s, redis_url)
+    settings = session_settings(config, duration_s, redis_url, api)
     return run_loop(settings, ray_address=None, console=console)

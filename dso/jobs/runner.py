@@ -81,6 +81,24 @@ class LoopRunner:
     def actor(self, name: str) -> Any:
         return next(a.handle for a in self.actors if a.name == name)
 
+    def roles(self) -> list[str]:
+        """The roles this run has actors for, in start order."""
+        return list(dict.fromkeys(a.role for a in self.actors))
+
+    def alive(self, role: str, timeout_s: float = 2.0) -> bool:
+        """Every actor of ``role`` is looping and answers a ping within ``timeout_s`` (the API's /readyz)."""
+        group = [a for a in self.actors if a.role == role]
+        if not group or any(a.failed or a.ref is None for a in group):
+            return False
+        pings = [a.handle.ready.remote() for a in group]
+        answered, _ = ray.wait(pings, num_returns=len(pings), timeout=timeout_s)
+        return len(answered) == len(pings)
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Actor name -> its Prometheus ``/metrics`` URL (actors without an exporter are left out)."""
+        urls = ray.get([a.handle.metrics_url.remote() for a in self.actors], timeout=30)
+        return {a.name: url for a, url in zip(self.actors, urls) if url}
+
     def supervise(self, stop: threading.Event, duration_s: float | None) -> None:
         """Watch the actors until ``stop`` is set or the duration ends; restart dead loops; show progress."""
         started = time.monotonic()
@@ -148,7 +166,7 @@ class LoopRunner:
                 log.error("%s did not stop within %.0f s; killing it", actor.name, self.settings.loop.stop_timeout_s)
             ray.kill(actor.handle, no_restart=True)
 
-    def summary(self, seconds: float) -> LoopSummary:
-        summary = collect_summary(self.broker, self.run_dir, seconds)
+    def summary(self, seconds: float, endpoints: dict[str, Any] | None = None) -> LoopSummary:
+        summary = collect_summary(self.broker, self.run_dir, seconds, endpoints)
         (self.run_dir / "summary.json").write_text(summary.to_json())
         return summary

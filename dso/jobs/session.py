@@ -1,7 +1,9 @@
-"""One loop session: broker + Ray + runner, with signal handling and the summary at the end.
+"""One loop session: broker + HTTP API + Ray + runner, with signal handling and the summary at the end.
 
 Used by ``dso run`` (local Ray, embedded Valkey unless a URL is given) and by
 ``python -m dso.jobs.align`` (an existing cluster via ``ray job submit``).
+Start order: broker, then the API (``loop.api_enabled``; a busy port fails here,
+before any actor starts), then Ray and the actors; stop order is the reverse.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -19,19 +22,24 @@ from rich.console import Console
 from dso.broker.broker import Broker
 from dso.broker.server import BrokerServerError
 from dso.config import Settings, load_settings
+from dso.jobs.loop_api import LoopApi, start_loop_api
 from dso.jobs.runner import LoopRunner
 from dso.jobs.summary import LoopSummary, print_summary
 
 log = logging.getLogger(__name__)
 
 
-def session_settings(config: str | Path | None, duration_s: float | None, redis_url: str | None) -> Settings:
+def session_settings(
+    config: str | Path | None, duration_s: float | None, redis_url: str | None, api: bool | None = None
+) -> Settings:
     """Config file (default: the embedded tiny config) with the command-line overrides applied."""
     settings = load_settings(config or "tiny")
     if duration_s is not None:
         settings.loop.duration_s = duration_s
     if redis_url:
         settings.broker.redis_url = redis_url
+    if api is not None:
+        settings.loop.api_enabled = api
     return settings
 
 
@@ -96,13 +104,19 @@ def run_loop(
     settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"redis_url": broker.url})})
     console.print(f"broker: {broker.url}   run dir: {run_dir}   adapters: {broker.adapters.root}")
     started_ray = False
-    runner = None
+    runner: LoopRunner | None = None
+    api: LoopApi | None = None
+    endpoints: dict[str, object] = {}
     previous = _install_stop_handlers(stop)
     started = time.monotonic()
     try:
+        if settings.loop.api_enabled:
+            api = start_loop_api(settings, broker, _component_checks(settings, lambda: runner), console)
+            endpoints.update(api.endpoints())
         started_ray = _init_ray(settings, ray_address)
         runner = LoopRunner(settings, broker, run_dir, console)
         runner.start()
+        endpoints["process_metrics"] = _process_metrics(runner, console)
         console.print(
             f"loop running: {settings.loop.generators} generator(s), {settings.loop.simulators} simulator(s), 1 learner "
             f"({settings.objective.name}); " + (f"{settings.loop.duration_s:g} s" if settings.loop.duration_s else "Ctrl-C to stop")
@@ -115,12 +129,42 @@ def run_loop(
         summary = None
         try:
             if runner is not None:
-                summary = runner.summary(time.monotonic() - started)
+                summary = runner.summary(time.monotonic() - started, endpoints)
                 print_summary(summary, console)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if api is not None:
+                api.stop()
             if started_ray:
                 ray.shutdown()
             broker.close()
     return summary
+
+
+def _component_checks(
+    settings: Settings, current_runner: Callable[[], LoopRunner | None]
+) -> dict[str, Callable[[], bool]]:
+    """/readyz checks per role; ``current_runner()`` is None until the actors exist (not ready yet)."""
+    roles = ["generator", "learner"] + (["simulator"] if settings.loop.simulators else [])
+    timeout = settings.api.readiness_timeout_s
+
+    def check(role: str) -> Callable[[], bool]:
+        def alive() -> bool:
+            runner = current_runner()
+            return runner is not None and runner.alive(role, timeout)
+
+        return alive
+
+    return {role: check(role) for role in roles}
+
+
+def _process_metrics(runner: LoopRunner, console: Console) -> dict[str, str]:
+    try:
+        urls = runner.metrics_urls()
+    except Exception as exc:  # noqa: BLE001 - the loop runs without exporters too
+        log.warning("could not list the actors' metrics endpoints: %s", exc)
+        return {}
+    if urls:
+        console.print("metrics: " + "  ".join(f"{name} {url}" for name, url in urls.items()))
+    return urls

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dso.actors.telemetry import AdoptionLog
+from dso.actors.adoptions import AdoptionLog
 from dso.broker.broker import Broker
 from dso.broker.keys import KeySpace
 
@@ -29,12 +29,13 @@ class LoopSummary:
     queues: dict[str, Any]
     dead_letters: int
     adoption_latency_s: dict[str, float | None] = field(default_factory=dict)
+    endpoints: dict[str, Any] = field(default_factory=dict)  # API URL, its metrics, each actor's /metrics
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
 
 
-def collect_summary(broker: Broker, run_dir: Path, seconds: float) -> LoopSummary:
+def collect_summary(broker: Broker, run_dir: Path, seconds: float, endpoints: dict[str, Any] | None = None) -> LoopSummary:
     snapshot = broker.stats.snapshot()
     adoptions = AdoptionLog(broker.connection.client, KeySpace(broker.settings.key_prefix))
     return LoopSummary(
@@ -48,6 +49,7 @@ def collect_summary(broker: Broker, run_dir: Path, seconds: float) -> LoopSummar
         queues=snapshot["queues"],
         dead_letters=int(broker.connection.client.xlen(broker.samples.dead_key)),
         adoption_latency_s=adoptions.latency_quantiles(),
+        endpoints=dict(endpoints or {}),
     )
 
 
@@ -102,3 +104,11 @@ def print_summary(summary: LoopSummary, console: Console) -> None:
         + (f"{p50:.3f} s / {p95:.3f} s" if p50 is not None else "-")
     )
     console.print(f"run dir: {summary.run_dir}\nadapters: {summary.adapter_dir}\nsummary: {Path(summary.run_dir) / 'summary.json'}")
+    endpoints = summary.endpoints
+    if "api" in endpoints:
+        console.print(
+            f"API (stopped with the loop): {endpoints['api']}  metrics {endpoints['metrics']}  "
+            f"scrape targets {endpoints['scrape_targets']}"
+        )
+    for name, url in endpoints.get("process_metrics", {}).items():
+        console.print(f"metrics of {name}: {url}")

@@ -1,7 +1,8 @@
 """``dso worker simulate --redis URL``: a standalone simulator process, on any machine that reaches Redis.
 
 Runs the same :class:`dso.actors.SimulatorWorker` as the Ray actors, as one more
-consumer in the ``simulators`` group, until SIGINT/SIGTERM.
+consumer in the ``simulators`` group, until SIGINT/SIGTERM, and serves its
+Prometheus metrics on ``$DSO_METRICS_PORT`` (else ``api.metrics_port``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import threading
 from pathlib import Path
 
+from dso.actors.exporter import start_exporter, stop_exporter
 from dso.actors.running import run_until_stopped
 from dso.actors.simulator_worker import SimulatorWorker
 from dso.broker.broker import Broker
@@ -45,9 +47,11 @@ def run_simulator_worker(redis_url: str, config: str | Path | None = None, name:
         return done > 0
 
     log.info("%s: consuming %s on %s", worker.name, settings.broker.samples_stream, redis_url)
+    exporter = start_exporter("simulator", settings, broker)
     try:
         run_until_stopped(step, stop, settings.loop.idle_sleep_s, worker.name)
     finally:
+        stop_exporter(exporter)
         broker.close()
     log.info("%s: labelled %d samples", worker.name, worker.labelled)
     return worker.labelled

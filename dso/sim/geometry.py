@@ -76,6 +76,11 @@ def _line_extremes(points: np.ndarray) -> np.ndarray:
     return points
 
 
+def _lattice_codes(points: np.ndarray, base: int) -> np.ndarray:
+    """One integer per lattice point (x, y, z), for sorting and lookup."""
+    return (points[:, 0] * base + points[:, 1]) * base + points[:, 2]
+
+
 def _hull_vertex_boxes(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Mask of boxes (integer corners ``lo``, ``hi``) holding the vertices of the solid's convex hull.
 
@@ -83,17 +88,22 @@ def _hull_vertex_boxes(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     and that contact patch is the hull of the hull vertices lying in the plane.
     Boxes holding those vertices therefore give every orientation exactly the
     same support polygon as the whole solid; the other boxes never change it.
+    A hull vertex is extreme, so it is a corner of every box that holds it;
+    each vertex is given to the largest such box.
     """
-    points = _line_extremes(_box_corners(lo, hi).reshape(-1, 3))
+    corners = _box_corners(lo, hi).reshape(-1, 3)
+    points = _line_extremes(corners)
     try:
         vertices = points[ConvexHull(points.astype(float)).vertices]
     except QhullError:  # flat sheet of voxels: keep everything
         return np.ones(len(lo), dtype=bool)
-    inside = np.all((lo[None] <= vertices[:, None]) & (vertices[:, None] <= hi[None]), axis=2)  # (V, K)
-    # each vertex goes to the box (among those holding it) that holds the most vertices
-    score = inside * inside.sum(axis=0)[None, :]
+    base = int(hi.max()) + 1
+    codes = _lattice_codes(corners, base)
+    volume = np.repeat(np.prod(hi - lo, axis=1), 8)
+    order = np.lexsort((-volume, codes))  # by corner, largest box first
+    first = np.searchsorted(codes[order], _lattice_codes(vertices, base))
     keep = np.zeros(len(lo), dtype=bool)
-    keep[np.argmax(score, axis=1)] = True
+    keep[order[first] // 8] = True
     return keep
 
 

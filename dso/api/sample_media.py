@@ -1,0 +1,174 @@
+"""What the console shows of one labelled sample: its mesh (upright or at rest) as GLB, and a PNG preview.
+
+Frames. The occupancy grid spans the unit cube [-0.5, 0.5]^3, z up (TRELLIS's frame,
+``dso.models.mesh.occupancy_to_mesh``). The simulator (``dso.sim.geometry``) places the
+same grid with its body origin at the grid centre in x, y and at the lowest voxel face
+in z, scaled by ``sim.object_scale`` metres per unit, and reports the body's final
+``position`` (metres) and ``quaternion`` (w, x, y, z). Here the resting pose is drawn in
+grid units: ``v' = R (v - o) + o + (0, 0, p_z / scale)`` with ``o`` the body origin, so
+the ground stays where the upright object stood; the horizontal drift is dropped so
+the object stays in view.
+
+GLB files are y-up (glTF's convention): the z-up mesh is rotated -90 degrees about x,
+and shifted so that the ground is the plane y = 0.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+from dso.config import ShapesSettings
+from dso.models.mesh import occupancy_to_mesh
+from dso.shapes.camera import Camera
+from dso.shapes.render import render_mesh, render_occupancy, to_pil
+
+Pose = Literal["upright", "resting"]
+POSES: tuple[str, ...] = ("upright", "resting")
+Z_UP_TO_Y_UP = trimesh.transformations.rotation_matrix(-np.pi / 2, [1.0, 0.0, 0.0])
+
+
+class NoRestingPoseError(ValueError):
+    """The record carries no final pose (older record, or the simulator gave no physics result)."""
+
+
+@dataclass(frozen=True)
+class RestingPose:
+    """The simulator's final pose of the body: origin in metres and unit quaternion (w, x, y, z)."""
+
+    position: tuple[float, float, float]
+    quaternion: tuple[float, float, float, float]
+
+    @classmethod
+    def from_lists(cls, position: list[float] | None, quaternion: list[float] | None) -> RestingPose | None:
+        if position is None or quaternion is None:
+            return None
+        if len(position) != 3 or len(quaternion) != 4:
+            raise ValueError(f"pose needs 3 position and 4 quaternion values, got {len(position)} and {len(quaternion)}")
+        q = np.asarray(quaternion, dtype=float)
+        norm = float(np.linalg.norm(q))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise ValueError(f"pose quaternion {quaternion} is not a rotation")
+        return cls(tuple(float(v) for v in position), tuple(float(v) for v in q / norm))  # type: ignore[arg-type]
+
+    def rotation(self) -> np.ndarray:
+        """3x3 rotation matrix of the quaternion."""
+        return trimesh.transformations.quaternion_matrix(self.quaternion)[:3, :3]
+
+
+def ground_height(occupancy: np.ndarray) -> float:
+    """Grid-unit height of the lowest occupied voxel face: where the simulator put the ground."""
+    occ = np.asarray(occupancy, dtype=bool)
+    if not occ.any():
+        return -0.5
+    lowest = int(np.nonzero(occ.any(axis=(0, 1)))[0].min())
+    return -0.5 + lowest / occ.shape[2]
+
+
+def body_origin(occupancy: np.ndarray) -> np.ndarray:
+    """The simulator's body origin in grid units: grid centre in x, y; lowest voxel face in z."""
+    return np.array([0.0, 0.0, ground_height(occupancy)])
+
+
+def resting_mesh(occupancy: np.ndarray, pose: RestingPose, object_scale: float) -> trimesh.Trimesh:
+    """The sample's mesh turned into the simulator's final pose (grid units, z up, same ground)."""
+    if object_scale <= 0:
+        raise ValueError(f"object_scale must be > 0, got {object_scale}")
+    mesh = occupancy_to_mesh(occupancy)
+    origin = body_origin(occupancy)
+    lift = np.array([0.0, 0.0, pose.position[2] / object_scale])
+    vertices = (np.asarray(mesh.vertices) - origin) @ pose.rotation().T + origin + lift
+    return trimesh.Trimesh(vertices=vertices, faces=np.asarray(mesh.faces), process=False)
+
+
+def posed_mesh(
+    occupancy: np.ndarray, which: Pose, pose: RestingPose | None, object_scale: float
+) -> trimesh.Trimesh:
+    """Upright (as generated) or resting (as the simulator left it) mesh of one sample."""
+    if which == "upright":
+        return occupancy_to_mesh(occupancy)
+    if pose is None:
+        raise NoRestingPoseError("this sample's verdict carries no final pose")
+    return resting_mesh(occupancy, pose, object_scale)
+
+
+def glb_bytes(mesh: trimesh.Trimesh, ground_z: float) -> bytes:
+    """Binary glTF of a z-up mesh: y up, ground (z = ground_z) moved to y = 0."""
+    out = mesh.copy()
+    out.apply_translation([0.0, 0.0, -ground_z])
+    out.apply_transform(Z_UP_TO_Y_UP)
+    return out.export(file_type="glb")
+
+
+@dataclass(frozen=True)
+class PreviewView:
+    """Direction of the preview camera; its distance and target follow the object (framing)."""
+
+    azimuth_deg: float
+    elevation_deg: float
+    fov_deg: float = 30.0
+    margin: float = 1.1  # the object's bounding sphere, enlarged by this factor, fills the view
+
+
+def framing_camera(bounds: np.ndarray, view: PreviewView) -> Camera:
+    """A camera aimed at the centre of ``bounds`` ((2, 3) min/max), far enough that all of it is in view."""
+    lo, hi = np.asarray(bounds, dtype=float)
+    radius = max(float(np.linalg.norm(hi - lo)) / 2, 1e-3) * view.margin
+    distance = radius / np.sin(np.deg2rad(view.fov_deg) / 2)
+    centre = tuple(float(c) for c in (lo + hi) / 2)
+    return Camera(view.azimuth_deg, view.elevation_deg, distance=distance, fov_deg=view.fov_deg, target=centre)
+
+
+def preview_png(
+    occupancy: np.ndarray,
+    which: Pose,
+    pose: RestingPose | None,
+    object_scale: float,
+    view: PreviewView,
+    size: int,
+    shapes: ShapesSettings,
+) -> bytes:
+    """PNG (RGBA, transparent background) of the sample: voxels when upright, the posed mesh at rest."""
+    mesh = posed_mesh(occupancy, which, pose, object_scale)
+    camera = framing_camera(mesh.bounds, view)
+    if which == "upright":
+        rgba = render_occupancy(occupancy, camera, size, settings=shapes)
+    else:
+        rgba = render_mesh(mesh, camera, size, settings=shapes)
+    buffer = io.BytesIO()
+    image: Image.Image = to_pil(rgba)
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+class MediaCache:
+    """The most recently used rendered bytes; samples never change, so entries never go stale."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_make(self, key: Hashable, make: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        data = make()
+        with self._lock:
+            if self.max_entries > 0:
+                self._entries[key] = data
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+        return data
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,69 @@
+// The stability-rate chart: hand-written SVG, rate per time slice, adapter versions as dashed markers.
+const SVG = 'http://www.w3.org/2000/svg';
+const W = 640, H = 240;
+const PAD = { left: 40, right: 12, top: 22, bottom: 26 };
+const MAX_VERSION_LABELS = 12; // beyond this, label every k-th marker so labels stay readable
+
+function el(name, attrs = {}, text) {
+  const node = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function clock(t) {
+  return new Date(t * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+}
+
+/** Draw ``history`` (GET /v1/stats/history) into ``svg``; returns how many points were drawn. */
+export function drawChart(svg, history) {
+  svg.replaceChildren();
+  const buckets = history.buckets || [];
+  const t0 = buckets.length ? buckets[0].start : history.time - 60;
+  const t1 = buckets.length ? buckets[buckets.length - 1].end : history.time;
+  const span = Math.max(t1 - t0, 1e-6);
+  const x = (t) => PAD.left + ((t - t0) / span) * (W - PAD.left - PAD.right);
+  const y = (r) => PAD.top + (1 - r) * (H - PAD.top - PAD.bottom);
+
+  const grid = el('g', { class: 'grid axis' });
+  for (const r of [0, 0.25, 0.5, 0.75, 1]) {
+    grid.append(el('line', { x1: PAD.left, x2: W - PAD.right, y1: y(r), y2: y(r) }));
+    grid.append(el('text', { x: PAD.left - 6, y: y(r) + 4, 'text-anchor': 'end' }, `${Math.round(r * 100)}%`));
+  }
+  for (const [t, anchor] of [[t0, 'start'], [(t0 + t1) / 2, 'middle'], [t1, 'end']]) {
+    grid.append(el('text', { x: x(t), y: H - 8, 'text-anchor': anchor }, clock(t)));
+  }
+  svg.append(grid);
+
+  const shown = (history.adapters || []).filter((a) => a.created_at >= t0 && a.created_at <= t1);
+  const every = Math.ceil(shown.length / MAX_VERSION_LABELS) || 1;
+  shown.forEach((a, i) => {
+    const mark = el('g', { class: 'version-mark', 'data-version': a.version });
+    mark.append(el('line', { x1: x(a.created_at), x2: x(a.created_at), y1: PAD.top - 4, y2: H - PAD.bottom }));
+    if (i % every === 0 || i === shown.length - 1) {
+      mark.append(el('text', { x: x(a.created_at) + 3, y: PAD.top - 8 }, `v${a.version}`));
+    }
+    mark.append(el('title', {}, `adapter v${a.version} published ${clock(a.created_at)} (step ${a.step ?? '?'})`));
+    svg.append(mark);
+  });
+
+  const points = buckets.filter((b) => b.stability_rate !== null);
+  let d = '';
+  let drawing = false;
+  for (const b of buckets) {
+    if (b.stability_rate === null) { drawing = false; continue; }
+    const px = x((b.start + b.end) / 2), py = y(b.stability_rate);
+    d += `${drawing ? 'L' : 'M'}${px.toFixed(1)},${py.toFixed(1)}`;
+    drawing = true;
+  }
+  if (d) svg.append(el('path', { class: 'rate-line', d }));
+  for (const b of points) {
+    const dot = el('circle', { class: 'rate-dot', cx: x((b.start + b.end) / 2), cy: y(b.stability_rate), r: 3 });
+    const judged = b.stable + b.unstable;
+    dot.append(el('title', {}, `${Math.round(b.stability_rate * 100)}% of ${judged} (${clock(b.start)}–${clock(b.end)})`));
+    svg.append(dot);
+  }
+  svg.dataset.points = String(points.length);
+  svg.dataset.versions = String(shown.length);
+  return points.length;
+}
