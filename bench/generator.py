@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchdocs import write_section as write_section_in
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Generator"
@@ -99,15 +101,7 @@ def spawn(config: str, batch: int, dtype: str, device: str, reps: int, source: s
 
 
 def write_section(lines: list[str]) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    body = "\n".join([SECTION, "", *lines, ""])
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        text = head + body + (rest[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + body
-    DOCS.write_text(text)
+    write_section_in(DOCS, SECTION, "\n".join([SECTION, "", *lines]))
 
 
 def main() -> None:

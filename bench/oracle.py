@@ -32,6 +32,7 @@ from dso.sim.batch import OraclePool  # noqa: E402
 from dso.sim.oracle import simulate  # noqa: E402
 from dso.sim.presets import paper_settings, reference_settings  # noqa: E402
 from dso.sim.verdict import SimStatus, Verdict  # noqa: E402
+from benchdocs import write_section as write_section_in
 
 SECTION = "## Stability oracle"
 
@@ -73,17 +74,7 @@ def agreement(verdicts: list[Verdict], reference: list[Verdict]) -> tuple[float,
 
 
 def write_section(path: Path, body: str) -> None:
-    """Replace (or append) our section in docs/benchmarks.md, leaving other sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n"
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        text = "".join(lines[:start]) + body.rstrip("\n") + "\n" + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_section_in(path, SECTION, body)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,13 +3,14 @@
 //   npm run check                 exits 1 if the committed copies differ from a fresh build
 // The output is committed, so installing the Python package needs neither Node nor npm.
 import { build } from 'esbuild';
-import { copyFileSync, readFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const vendorDir = join(here, '..', 'dso', 'api', 'static', 'vendor');
 const checkOnly = process.argv.includes('--check');
+const threeVersion = JSON.parse(readFileSync(join(here, 'node_modules', 'three', 'package.json'), 'utf8')).version;
 
 const bundle = await build({
   entryPoints: [join(here, 'src', 'three-viewer.js')],
@@ -17,7 +18,8 @@ const bundle = await build({
   format: 'esm',
   minify: true,
   target: 'es2020',
-  legalComments: 'none', // the licence ships next to the bundle (three-LICENSE.txt)
+  legalComments: 'none', // the licence ships next to the bundle (three-LICENSE.txt) ...
+  banner: { js: `/* three.js r${threeVersion.split('.')[1]} (npm three@${threeVersion}), MIT licence: see three-LICENSE.txt. Built by console/vendor.mjs. */` },
   write: false,
   logLevel: 'warning',
 });
@@ -26,7 +28,7 @@ const outputs = {
   'three-LICENSE.txt': readFileSync(join(here, 'node_modules', 'three', 'LICENSE')),
 };
 
-let stale = [];
+const stale = [];
 mkdirSync(vendorDir, { recursive: true });
 for (const [name, bytes] of Object.entries(outputs)) {
   const target = join(vendorDir, name);

@@ -364,7 +364,7 @@ class LoopSettings(Section):
 class DatasetSettings(Section):
     """Offline dataset (`dso dataset build`): K labelled samples per training prompt image."""
 
-    objects: int = Field(64, ge=1)  # training objects; object j uses seed object_seed_start + j
+    objects: int = Field(24, ge=1)  # training objects; object j uses seed object_seed_start + j
     views_per_object: int = Field(2, ge=1)  # prompt images per object (paper: 6)
     samples_per_prompt: int = Field(8, ge=1)  # K (paper: 4)
     object_seed_start: int = Field(100_000, ge=0)  # beyond pretraining's seeds, below training_seed_limit
@@ -392,11 +392,12 @@ class ExperimentSettings(Section):
     """`dso experiment`: base vs SFT vs DPO vs DRO on the same labelled data and step budget."""
 
     objectives: list[Literal["sft", "dpo", "dro", "dro_paired"]] = Field(default_factory=lambda: ["sft", "dpo", "dro"])
-    steps: int = Field(300, ge=1)  # per objective
-    eval_every: int = Field(100, ge=1)  # evaluate the adapter every this many steps (curves)
+    steps: int = Field(150, ge=1)  # per objective (sized for a 2-core CPU in ~20 min)
+    eval_every: int = Field(50, ge=1)  # evaluate the adapter every this many steps (curves)
     output_dir: Path = Path("runs/experiment")
     docs_dir: Path = Path("docs")  # results.md and results_*.png go here
     sample_prompts: int = Field(6, ge=1)  # held-out prompts shown in the before / after picture
+    torch_threads: int = Field(1, ge=0)  # intra-op threads (0: torch default); 1 avoids oversubscription on shared cores
 
 
 class ApiSettings(Section):
@@ -436,9 +437,18 @@ class ConsoleSettings(Section):
     preview_azimuth_deg: float = 35.0  # preview camera, degrees from +x towards +y ...
     preview_elevation_deg: float = Field(25.0, ge=-89.0, le=89.0)  # ... and above the ground
     preview_fov_deg: float = Field(30.0, gt=0.0, lt=180.0)  # the camera backs off until the object fits this view
-    media_cache_entries: int = Field(256, ge=0)  # rendered previews / GLBs kept in memory (records are immutable)
-    history_buckets: int = Field(40, ge=1, le=500)  # default points of the stability-rate history
-    history_max_buckets: int = Field(500, ge=1)
+    media_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)  # rendered previews / GLBs kept in memory (samples never change)
+    history_buckets: int = Field(40, ge=1)  # default points of the stability-rate history ...
+    history_max_buckets: int = Field(500, ge=1)  # ... and the most a client may ask for
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> ConsoleSettings:
+        for default, limit in (("samples_default_limit", "samples_max_limit"), ("history_buckets", "history_max_buckets")):
+            if getattr(self, default) > getattr(self, limit):
+                raise ValueError(
+                    f"console.{default} ({getattr(self, default)}) exceeds console.{limit} ({getattr(self, limit)})"
+                )
+        return self
 
 
 class Settings(Section):

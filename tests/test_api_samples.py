@@ -69,7 +69,7 @@ def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:  # noqa: F811
 
 
 def make_client(broker: Broker, **api: object) -> TestClient:
-    settings = Settings(broker=broker.settings, api=ApiSettings(**api), console=ConsoleSettings(samples_max_limit=10))
+    settings = Settings(broker=broker.settings, api=ApiSettings(**api), console=ConsoleSettings(samples_default_limit=5, samples_max_limit=10))
     app = create_app(settings, broker, metrics=LoopMetrics(CollectorRegistry()), environ={"DSO_API_TOKEN": TOKEN})
     return TestClient(app)
 
@@ -90,7 +90,9 @@ def filled(broker: Broker, verdict_records) -> dict[str, LabelledRecord]:
 
 
 def test_listing_is_newest_first_and_filters_by_verdict_and_prompt(client, filled):
-    items = client.get("/v1/samples").json()["items"]
+    listing = client.get("/v1/samples")
+    assert listing.status_code == 200, listing.text
+    items = listing.json()["items"]
     assert [i["id"] for i in items] == [filled[k].sample_id for k in ("newest", "unstable", "stable")]
     unstable = client.get("/v1/samples", params={"verdict": "unstable"}).json()["items"]
     assert [i["id"] for i in unstable] == [filled["unstable"].sample_id]
@@ -105,7 +107,7 @@ def test_listing_is_newest_first_and_filters_by_verdict_and_prompt(client, fille
 
 def test_listing_rejects_bad_parameters(client, filled):
     too_many = client.get("/v1/samples", params={"limit": 11})
-    assert too_many.status_code == 422 and "at most 10" in too_many.json()["detail"]
+    assert too_many.status_code == 422 and "less than or equal to 10" in too_many.json()["detail"]
     assert client.get("/v1/samples", params={"verdict": "maybe"}).status_code == 422
     assert client.get("/v1/samples", params={"prompt_id": "not-a-sha"}).status_code == 422
     missing = client.get("/v1/samples/" + "0" * 32)
@@ -251,3 +253,30 @@ def test_record_format_version_is_unchanged():
     # the pose fields ride in the JSON header; old readers ignore them, old records decode with None
     assert FORMAT_VERSION == 1
     assert Verdict(stable=True, tilt_deg=0.0, rotation_deg=0.0).quaternion is None
+
+
+def test_voxel_bounds_match_the_mesh_and_settings_keep_defaults_within_limits():
+    for occ in (block(), overhang()):
+        mesh_bounds = sample_media.posed_mesh(occ, "upright", None, 1.0).bounds
+        assert sample_media.voxel_bounds(occ) == pytest.approx(mesh_bounds, abs=1e-9)
+    with pytest.raises(ValueError, match="samples_default_limit"):
+        ConsoleSettings(samples_default_limit=50, samples_max_limit=10)
+
+
+def test_media_cache_keeps_the_newest_entries_within_its_byte_budget():
+    cache = sample_media.MediaCache(max_bytes=10)
+    made = []
+
+    def make(value: bytes):
+        return lambda: made.append(value) or value
+
+    assert cache.get_or_make("a", make(b"aaaa")) == b"aaaa"
+    cache.get_or_make("b", make(b"bbbb"))
+    cache.get_or_make("a", make(b"xxxx"))  # hit: "a" becomes the newest
+    cache.get_or_make("c", make(b"cccc"))  # 12 bytes > 10: the oldest ("b") goes
+    assert made == [b"aaaa", b"bbbb", b"cccc"] and cache.size_bytes == 8 and len(cache) == 2
+    cache.get_or_make("b", make(b"bbbb"))
+    assert made[-1] == b"bbbb", "an evicted entry is made again"
+    kept = len(cache)
+    assert cache.get_or_make("big", make(b"z" * 11)) == b"z" * 11, "larger than the budget: served, not kept"
+    assert len(cache) == kept and cache.size_bytes <= 10

@@ -136,6 +136,7 @@ def test_killed_learner_resumes_with_next_version(model_folder, tmp_path, local_
     settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"redis_url": broker.url})})
     runner = LoopRunner(settings, broker, tmp_path / "run", Console(width=140))
     stop = threading.Event()
+    stopped = False
     try:
         runner.start()
         supervisor = threading.Thread(target=runner.supervise, args=(stop, 90.0))
@@ -144,6 +145,7 @@ def test_killed_learner_resumes_with_next_version(model_folder, tmp_path, local_
         while (broker.adapters.latest() or 0) < 1 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert broker.adapters.latest() >= 1, "the learner published before being killed"
+        assert all(runner.alive(role) for role in ("generator", "simulator", "learner"))  # what /readyz asks
         ray.kill(runner.actor("learner-0"), no_restart=False)  # SIGKILL-like: Ray restarts the actor
         killed_at = broker.adapters.latest()
         while (broker.adapters.latest() or 0) <= killed_at + 1 and time.monotonic() < deadline + 30:
@@ -157,7 +159,12 @@ def test_killed_learner_resumes_with_next_version(model_folder, tmp_path, local_
         assert restarted.restarts >= 1
         manifests = [broker.adapters.manifest(v) for v in versions]
         assert all(b.step > a.step for a, b in zip(manifests, manifests[1:])), "steps continue from the checkpoint"
+        assert runner.alive("learner"), "the restarted learner answers again"
+        runner.stop()
+        stopped = True
+        assert not runner.alive("learner"), "stopped (killed) actors are not alive"
     finally:
         stop.set()
-        runner.stop()
+        if not stopped:
+            runner.stop()
         broker.close()

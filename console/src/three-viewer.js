@@ -18,4 +18,3 @@ export {
 } from 'three';
 export { GLTFLoader } from 'three/addons/loaders/GLTFLoader.js';
 export { OrbitControls } from 'three/addons/controls/OrbitControls.js';
-export const REVISION_NOTE = 'three.js r187 (npm three@0.187.0), MIT licence: see three-LICENSE.txt';

@@ -100,9 +100,9 @@ def create_app(
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    routes_samples.attach(app, settings)
-    for module in (routes_prompts, routes_adapters, routes_ops, routes_samples, routes_console):
+    for module in (routes_prompts, routes_adapters, routes_ops, routes_console):
         app.include_router(module.router)
+    routes_samples.attach(app, settings)  # the console's reads (page sizes from settings.console)
     routes_console.attach(app)  # the web console's static files under /console; the page itself is /
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]

@@ -58,13 +58,15 @@ class SamplesContext:
 
 
 def attach(app: FastAPI, settings: Settings) -> None:
-    """Give ``app`` the state these routes read (create_app calls this)."""
+    """Add these routes to ``app``, with the state they read (create_app calls this)."""
     app.state.samples = SamplesContext(
         console=settings.console,
         object_scale=settings.sim.object_scale,
         shapes=settings.shapes,
-        cache=sample_media.MediaCache(settings.console.media_cache_entries),
+        cache=sample_media.MediaCache(settings.console.media_cache_bytes),
     )
+    app.include_router(build_listing_router(settings.console))
+    app.include_router(router)
 
 
 def get_samples_context(request: Request) -> SamplesContext:
@@ -147,28 +149,6 @@ def _record(ctx: ApiContext, sample_id: str) -> LabelledRecord:
 
 
 # --- routes -----------------------------------------------------------------------------------------
-
-
-@router.get(
-    "/v1/samples",
-    response_model=SamplePage,
-    summary="Recent labelled samples with their verdicts (newest first)",
-    responses=error_responses(401, 422, 503),
-    dependencies=[Depends(require_read)],
-)
-def list_samples(
-    prompt_id: str | None = Query(None, pattern=PROMPT_ID_PATTERN, description="only samples of this prompt"),
-    verdict: Literal["stable", "unstable"] | None = Query(None, description="only this class"),
-    limit: int | None = Query(None, ge=1, description="page size (default console.samples_default_limit)"),
-    ctx: ApiContext = Depends(get_context),
-    samples: SamplesContext = Depends(get_samples_context),
-) -> SamplePage:
-    size = samples.console.samples_default_limit if limit is None else limit
-    if size > samples.console.samples_max_limit:
-        raise ApiError(422, f"limit must be at most {samples.console.samples_max_limit}, got {size}")
-    classes = CLASSES if verdict is None else (verdict,)
-    records, examined = recent_records(ctx.broker.replay, classes, prompt_id, size, samples.console.samples_scan_limit)
-    return SamplePage(items=[sample_info(r) for r in records], scanned=examined, limit=size)
 
 
 @router.get(
@@ -274,28 +254,47 @@ def get_sample_preview(
     return _media_response(data, "image/png", if_none_match, ctx)
 
 
-@router.get(
-    "/v1/stats/history",
-    response_model=StabilityHistory,
-    summary="Stability rate over time (the newest verdict events in equal time slices) and adapter publish times",
-    responses=error_responses(401, 422, 503),
-    dependencies=[Depends(require_read)],
-    tags=["operations"],
-)
-def get_history(
-    buckets: int | None = Query(None, ge=1, description="time slices (default console.history_buckets)"),
-    ctx: ApiContext = Depends(get_context),
-    samples: SamplesContext = Depends(get_samples_context),
-) -> StabilityHistory:
-    count = samples.console.history_buckets if buckets is None else buckets
-    if count > samples.console.history_max_buckets:
-        raise ApiError(422, f"buckets must be at most {samples.console.history_max_buckets}, got {count}")
-    client, keys = ctx.broker.stats.client, ctx.broker.stats.keys
-    now = time.time()
-    events = stability_history.read_events(client, keys)
-    return StabilityHistory(
-        time=now,
-        events=len(events),
-        buckets=[HistoryBucket(**row) for row in stability_history.bucket_events(events, count, now)],
-        adapters=[AdapterPublication(**a) for a in stability_history.adapter_publications(client, keys)],
+def build_listing_router(console: ConsoleSettings) -> APIRouter:
+    """The two reads whose page sizes come from the settings: the bounds are part of the OpenAPI document."""
+    listing = APIRouter(tags=["samples"])
+
+    @listing.get(
+        "/v1/samples",
+        response_model=SamplePage,
+        summary="Recent labelled samples with their verdicts (newest first)",
+        responses=error_responses(401, 422, 503),
+        dependencies=[Depends(require_read)],
     )
+    def list_samples(
+        prompt_id: str | None = Query(None, pattern=PROMPT_ID_PATTERN, description="only samples of this prompt"),
+        verdict: Literal["stable", "unstable"] | None = Query(None, description="only this class"),
+        limit: int = Query(console.samples_default_limit, ge=1, le=console.samples_max_limit, description="page size"),
+        ctx: ApiContext = Depends(get_context),
+    ) -> SamplePage:
+        classes = CLASSES if verdict is None else (verdict,)
+        records, examined = recent_records(ctx.broker.replay, classes, prompt_id, limit, console.samples_scan_limit)
+        return SamplePage(items=[sample_info(r) for r in records], scanned=examined, limit=limit)
+
+    @listing.get(
+        "/v1/stats/history",
+        response_model=StabilityHistory,
+        summary="Stability rate over time (the newest verdict events in equal time slices) and adapter publish times",
+        responses=error_responses(401, 422, 503),
+        dependencies=[Depends(require_read)],
+        tags=["operations"],
+    )
+    def get_history(
+        buckets: int = Query(console.history_buckets, ge=1, le=console.history_max_buckets, description="time slices"),
+        ctx: ApiContext = Depends(get_context),
+    ) -> StabilityHistory:
+        client, keys = ctx.broker.stats.client, ctx.broker.stats.keys
+        now = time.time()
+        events = stability_history.read_events(client, keys)
+        return StabilityHistory(
+            time=now,
+            events=len(events),
+            buckets=[HistoryBucket(**row) for row in stability_history.bucket_events(events, buckets, now)],
+            adapters=[AdapterPublication(**a) for a in stability_history.adapter_publications(client, keys)],
+        )
+
+    return listing

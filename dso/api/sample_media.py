@@ -73,6 +73,16 @@ def ground_height(occupancy: np.ndarray) -> float:
     return -0.5 + lowest / occ.shape[2]
 
 
+def voxel_bounds(occupancy: np.ndarray) -> np.ndarray:
+    """(2, 3) min/max corner of the occupied voxels in grid units (the unit cube when empty)."""
+    occ = np.asarray(occupancy, dtype=bool)
+    n = np.array(occ.shape, dtype=float)
+    if not occ.any():
+        return np.array([[-0.5] * 3, [0.5] * 3])
+    index = np.argwhere(occ)
+    return np.stack([index.min(axis=0) / n - 0.5, (index.max(axis=0) + 1) / n - 0.5])
+
+
 def body_origin(occupancy: np.ndarray) -> np.ndarray:
     """The simulator's body origin in grid units: grid centre in x, y; lowest voxel face in z."""
     return np.array([0.0, 0.0, ground_height(occupancy)])
@@ -137,12 +147,11 @@ def preview_png(
     shapes: ShapesSettings,
 ) -> bytes:
     """PNG (RGBA, transparent background) of the sample: voxels when upright, the posed mesh at rest."""
-    mesh = posed_mesh(occupancy, which, pose, object_scale)
-    camera = framing_camera(mesh.bounds, view)
-    if which == "upright":
-        rgba = render_occupancy(occupancy, camera, size, settings=shapes)
+    if which == "upright":  # voxels drawn as they are; no mesh needed
+        rgba = render_occupancy(occupancy, framing_camera(voxel_bounds(occupancy), view), size, settings=shapes)
     else:
-        rgba = render_mesh(mesh, camera, size, settings=shapes)
+        mesh = posed_mesh(occupancy, which, pose, object_scale)
+        rgba = render_mesh(mesh, framing_camera(mesh.bounds, view), size, settings=shapes)
     buffer = io.BytesIO()
     image: Image.Image = to_pil(rgba)
     image.save(buffer, format="PNG", optimize=False)
@@ -150,10 +159,11 @@ def preview_png(
 
 
 class MediaCache:
-    """The most recently used rendered bytes; samples never change, so entries never go stale."""
+    """The most recently used rendered bytes, up to a byte budget; samples never change, so entries never go stale."""
 
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size_bytes = 0
         self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -163,11 +173,15 @@ class MediaCache:
                 self._entries.move_to_end(key)
                 return self._entries[key]
         data = make()
+        if len(data) > self.max_bytes:
+            return data  # larger than the whole budget: serve it, keep nothing
         with self._lock:
-            if self.max_entries > 0:
+            if key not in self._entries:
                 self._entries[key] = data
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+                self.size_bytes += len(data)
+            while self.size_bytes > self.max_bytes:
+                _old, evicted = self._entries.popitem(last=False)
+                self.size_bytes -= len(evicted)
         return data
 
     def __len__(self) -> int:

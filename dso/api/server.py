@@ -50,9 +50,13 @@ class ApiServer:
         self.host = host
         self._thread: threading.Thread | None = None
         self._announcer: telemetry.TargetAnnouncer | None = None
+        self._bound_port: int | None = None
 
     @property
     def port(self) -> int:
+        """The bound port (kept after ``stop()``, so a stopped server can still say where it was)."""
+        if self._bound_port is not None:
+            return self._bound_port
         servers = getattr(self.server, "servers", [])
         for server in servers:
             for sock in server.sockets:
@@ -75,6 +79,7 @@ class ApiServer:
                 self.stop()
                 raise TimeoutError(f"the API server did not start within {timeout_s} s")
             time.sleep(0.02)
+        self._bound_port = self.port
         if announce:
             self._announce()
         return self

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 from rich.console import Console
 
 from dso.actors.prompt_images import seed_default_prompts
@@ -92,7 +92,13 @@ class LoopRunner:
             return False
         pings = [a.handle.ready.remote() for a in group]
         answered, _ = ray.wait(pings, num_returns=len(pings), timeout=timeout_s)
-        return len(answered) == len(pings)
+        if len(answered) < len(pings):
+            return False
+        try:
+            ray.get(answered, timeout=timeout_s)  # a dead actor's ping is "done" too, with an error
+        except RayError:
+            return False
+        return True
 
     def metrics_urls(self) -> dict[str, str]:
         """Actor name -> its Prometheus ``/metrics`` URL (actors without an exporter are left out)."""

@@ -7,7 +7,8 @@ import { assess, showStatus } from './status.js';
 import { showSample } from './viewer.js';
 
 const POLL_MS = 3000; // statistics, chart, gallery and prompt list refresh
-const GALLERY_SIZE = 24;
+const narrow = window.matchMedia('(max-width: 900px)');
+const gallerySize = () => (narrow.matches ? 8 : 24); // fewer cards on a phone
 const $ = (id) => document.getElementById(id);
 const ui = {
   pill: $('loop-state'), banner: $('banner'), chart: $('chart'), chartCaption: $('chart-caption'),
@@ -16,7 +17,7 @@ const ui = {
   viewer: $('viewer'), viewerCaption: $('viewer-caption'), poseUpright: $('pose-upright'),
   poseResting: $('pose-resting'), adapterLink: $('adapter-link'), token: $('token-input'),
 };
-const view = { selected: null, pose: 'upright', fresh: new Set() };
+const view = { selected: null, pose: 'upright', fresh: new Set(), history: null };
 
 const pct = (r) => (r === null || r === undefined ? '–' : `${(r * 100).toFixed(1)}%`);
 const settle = (promise) => promise.catch((err) => (err instanceof ApiError ? err : new ApiError(0, String(err))));
@@ -38,6 +39,7 @@ function showFigures(stats) {
 }
 
 function showHistory(history) {
+  view.history = history;
   const points = drawChart(ui.chart, history);
   ui.chartCaption.textContent = points
     ? `stability rate of the last ${history.events} verdicts in ${history.buckets.length} time slices; dashed lines: adapter versions published`
@@ -87,7 +89,7 @@ async function refreshPrompts() {
 }
 
 async function refreshGallery() {
-  const query = new URLSearchParams({ limit: String(GALLERY_SIZE) });
+  const query = new URLSearchParams({ limit: String(gallerySize()) });
   if (ui.filterPrompt.value) query.set('prompt_id', ui.filterPrompt.value);
   if (ui.filterVerdict.value) query.set('verdict', ui.filterVerdict.value);
   const page = await getJson(`/v1/samples?${query}`);
@@ -140,6 +142,8 @@ async function loop() {
 
 ui.token.value = getToken();
 ui.token.addEventListener('change', () => { setToken(ui.token.value); poll(); });
+new ResizeObserver(() => { if (view.history) showHistory(view.history); }).observe(ui.chart);
+narrow.addEventListener('change', () => refreshGallery().catch(() => {}));
 ui.filterPrompt.addEventListener('change', refreshGallery);
 ui.filterVerdict.addEventListener('change', refreshGallery);
 ui.poseUpright.addEventListener('click', () => { view.pose = 'upright'; drawSelected(); });

@@ -1,8 +1,9 @@
 // The stability-rate chart: hand-written SVG, rate per time slice, adapter versions as dashed markers.
 const SVG = 'http://www.w3.org/2000/svg';
-const W = 640, H = 240;
-const PAD = { left: 40, right: 12, top: 22, bottom: 26 };
-const MAX_VERSION_LABELS = 12; // beyond this, label every k-th marker so labels stay readable
+const H = 240;
+const MIN_W = 300;
+const PAD = { left: 40, right: 14, top: 22, bottom: 26 };
+const LABEL_GAP = 30; // px between adapter labels; a marker closer than this to the last label stays unlabelled
 
 function el(name, attrs = {}, text) {
   const node = document.createElementNS(SVG, name);
@@ -18,6 +19,9 @@ function clock(t) {
 /** Draw ``history`` (GET /v1/stats/history) into ``svg``; returns how many points were drawn. */
 export function drawChart(svg, history) {
   svg.replaceChildren();
+  // one SVG unit per CSS pixel, so text keeps its size on a phone
+  const W = Math.max(MIN_W, Math.round(svg.getBoundingClientRect().width) || 640);
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
   const buckets = history.buckets || [];
   const t0 = buckets.length ? buckets[0].start : history.time - 60;
   const t1 = buckets.length ? buckets[buckets.length - 1].end : history.time;
@@ -36,12 +40,22 @@ export function drawChart(svg, history) {
   svg.append(grid);
 
   const shown = (history.adapters || []).filter((a) => a.created_at >= t0 && a.created_at <= t1);
-  const every = Math.ceil(shown.length / MAX_VERSION_LABELS) || 1;
+  let lastLabel = { right: -Infinity, node: null };
   shown.forEach((a, i) => {
+    const at = x(a.created_at);
     const mark = el('g', { class: 'version-mark', 'data-version': a.version });
-    mark.append(el('line', { x1: x(a.created_at), x2: x(a.created_at), y1: PAD.top - 4, y2: H - PAD.bottom }));
-    if (i % every === 0 || i === shown.length - 1) {
-      mark.append(el('text', { x: x(a.created_at) + 3, y: PAD.top - 8 }, `v${a.version}`));
+    mark.append(el('line', { x1: at, x2: at, y1: PAD.top - 4, y2: H - PAD.bottom }));
+    // labels sit right of their line, or left of it at the right edge; a crowded one is left out,
+    // except the newest, which takes its neighbour's place
+    const nearRight = at > W - PAD.right - LABEL_GAP;
+    const left = nearRight ? at - LABEL_GAP : at;
+    const newest = i === shown.length - 1;
+    if (newest && lastLabel.node && left < lastLabel.right) lastLabel.node.remove();
+    if (newest || left >= lastLabel.right) {
+      const label = el('text', { x: nearRight ? at - 3 : at + 3, y: PAD.top - 8, 'text-anchor': nearRight ? 'end' : 'start' },
+        `v${a.version}`);
+      mark.append(label);
+      lastLabel = { right: left + LABEL_GAP, node: label };
     }
     mark.append(el('title', {}, `adapter v${a.version} published ${clock(a.created_at)} (step ${a.step ?? '?'})`));
     svg.append(mark);

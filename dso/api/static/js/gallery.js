@@ -25,6 +25,7 @@ function card(sample, onSelect) {
   node.className = 'sample-card';
   node.tabIndex = 0;
   node.dataset.sampleId = sample.id;
+  node.dataset.promptId = sample.prompt_id;
   node.dataset.verdict = sample.stable ? 'stable' : 'unstable';
   const thumbs = document.createElement('div');
   thumbs.className = 'thumbs';

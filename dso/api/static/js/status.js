@@ -11,6 +11,10 @@ export function assess(ready, stats) {
     return { pill: 'stopped', label: 'token needed', level: 'warn',
       text: `This API needs a token for reads: enter it under “API token” (${stats.detail}).` };
   }
+  if (ready && ready.checks && ready.checks.redis && ready.checks.redis !== 'ok') {
+    return { pill: 'down', label: 'broker down', level: 'error',
+      text: `The API cannot reach the loop's broker (${ready.checks.redis}): no live data until it is back; retrying…` };
+  }
   if (ready && ready.ready === false) {
     const failing = Object.entries(ready.checks).filter(([, v]) => v !== 'ok').map(([k, v]) => `${k}: ${v}`);
     return { pill: 'stopped', label: 'loop stopped', level: 'warn',

@@ -1,0 +1,250 @@
+"""The web console end to end: a running loop on the embedded default, driven in headless Chromium.
+
+Checks what a user sees: the chart has data and adapter markers, the gallery shows
+samples with verdict badges that match the API, the filters work, a sample opens in
+the 3-D view (upright and resting pose), a dropped PNG appears in the prompt list, a
+dropped text file shows the API's own 415 message, the page fits 1280 px and 390 px
+(screenshots under docs/), and a stopped loop or API gives a banner, not a blank page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest_broker import make_settings, valkey_server  # noqa: F401  (session fixture)
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from dso.api.app import create_app
+from dso.api.server import ApiServer
+from dso.broker import Broker
+from dso.broker.server import EmbeddedValkey
+from dso.config import Settings
+from dso.telemetry import LoopMetrics
+from test_console_support import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    TOKEN,
+    RunningLoop,
+    browser,
+    drop_file,
+    feed_falling_shapes,
+    save_full_page,
+    set_screen,
+)
+from test_loop_support import export_random_tiny_model, loop_test_settings
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="chromium/chromedriver not installed (apt-get install chromium chromium-driver; "
+        "CI runs scripts/ci-system-deps.sh)",
+    ),
+]
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+DESKTOP, MOBILE = 1280, 390
+UI_TIMEOUT_S = 20.0
+THUMBS_LOADED = ("[...document.querySelectorAll('.sample-card img')].every("
+                 "i => i.getAttribute('src') && i.complete && i.naturalWidth > 0)")
+
+
+def wait_js(driver, script: str, timeout_s: float = UI_TIMEOUT_S, what: str = ""):
+    """Poll a JS expression until it is truthy; returns its value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = driver.execute_script(f"return ({script});")
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            banner = driver.execute_script("return document.getElementById('banner').textContent")
+            raise AssertionError(f"page never showed {what or script!r} within {timeout_s} s (banner: {banner!r})")
+        time.sleep(0.2)
+
+
+def without_addresses(text: str) -> str:
+    return re.sub(r"0x[0-9a-f]+", "0x?", text)
+
+
+def png_bytes(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def loop(tmp_path: Path, valkey_server):  # noqa: F811
+    model = export_random_tiny_model(tmp_path / "model")
+    broker_values = make_settings(
+        tmp_path, redis_url=valkey_server.url, max_backlog=16, replay_capacity=256, read_block_ms=0
+    ).model_dump()
+    settings = loop_test_settings(model, broker_values, publish_every=2, default_prompts=2)
+    broker = Broker.open(settings.broker)
+    running = RunningLoop(settings, broker, tmp_path / "run").start()
+    try:
+        yield running
+    finally:
+        running.stop_workers()
+        running.stop_api()
+        broker.close()
+
+
+def test_console_shows_the_loop_learning(loop):
+    broker = loop.broker
+    feed_falling_shapes(broker, loop.settings, count=3)
+    loop.wait_for(lambda: broker.replay.counts()["unstable"] >= 2 and broker.replay.counts()["stable"] >= 4,
+                  60, "both verdicts in the replay buffer")
+    loop.wait_for(lambda: (broker.adapters.latest() or 0) >= 1, 60, "a published adapter")
+
+    driver = browser(DESKTOP, 900)
+    try:
+        driver.get(loop.url + "/")
+        driver.execute_script("sessionStorage.setItem('dso.console.token', arguments[0])", TOKEN)
+        driver.refresh()
+
+        # the chart shows data, with the published adapter versions marked
+        wait_js(driver, "Number(document.getElementById('chart').dataset.points) > 0", what="chart points")
+        wait_js(driver, "Number(document.getElementById('chart').dataset.versions) >= 1", what="adapter markers")
+        assert driver.execute_script("return document.querySelectorAll('#chart .rate-line').length") == 1
+        window_rate = driver.execute_script("return document.getElementById('fig-window').textContent")
+        assert window_rate.endswith("%"), window_rate
+        link = wait_js(driver, "document.getElementById('adapter-link').getAttribute('aria-disabled') === 'false' "
+                               "&& document.getElementById('adapter-link').getAttribute('href')", what="adapter link")
+        assert link.startswith("/v1/adapters/") and link.endswith("/archive")
+
+        # the gallery shows samples with verdict badges that agree with the API
+        wait_js(driver, "document.querySelectorAll('.sample-card .badge.unstable').length >= 1 && "
+                        "document.querySelectorAll('.sample-card .badge.stable').length >= 1", what="both badges")
+        cards = driver.execute_script(
+            "return [...document.querySelectorAll('.sample-card')].map(c => "
+            "[c.dataset.sampleId, c.querySelector('.badge').textContent, c.querySelector('.sample-meta').textContent])"
+        )
+        api = httpx.Client(base_url=loop.url, timeout=10)
+        checked = 0
+        for sample_id, badge, meta in cards[:8]:
+            answer = api.get(f"/v1/samples/{sample_id}")
+            if answer.status_code == 404:
+                continue  # evicted from the replay buffer since the page listed it
+            truth = answer.json()
+            assert badge == ("stable" if truth["stable"] else "unstable")
+            assert f"tilt {truth['tilt_deg']:.1f}°" in meta and f"v{truth['adapter_version']}" in meta
+            checked += 1
+        assert checked >= 4
+        wait_js(driver, THUMBS_LOADED, what="every thumbnail loaded")
+
+        # filter by verdict, then by prompt
+        driver.execute_script("const s = document.getElementById('filter-verdict'); s.value = 'unstable';"
+                              "s.dispatchEvent(new Event('change'));")
+        wait_js(driver, "[...document.querySelectorAll('.sample-card')].length > 0 && "
+                        "[...document.querySelectorAll('.sample-card')].every(c => c.dataset.verdict === 'unstable')",
+                what="only unstable cards")
+        wait_js(driver, "document.querySelectorAll('.sample-card .thumbs figure').length >= 3",
+                what="a resting-pose thumbnail")
+
+        # open an unstable sample in the 3-D view, then its final resting pose
+        driver.execute_script("document.querySelector('.sample-card').click()")
+        first = driver.execute_script("return document.querySelector('.sample-card').dataset.sampleId")
+        mode = wait_js(driver, f"document.getElementById('viewer').dataset.loaded === '{first}:upright' && 'webgl' "
+                               "|| document.getElementById('viewer').dataset.mode === 'fallback' && 'fallback'",
+                       what="the 3-D view")
+        assert not driver.execute_script("return document.getElementById('pose-resting').disabled")
+        driver.execute_script("document.getElementById('pose-resting').click()")
+        wait_js(driver, f"document.getElementById('viewer').dataset.pose === 'resting' && "
+                        f"(document.getElementById('viewer').dataset.loaded === '{first}:resting' || "
+                        "document.getElementById('viewer').dataset.mode === 'fallback')", what="the resting pose")
+        assert "final resting pose" in driver.execute_script("return document.getElementById('viewer-caption').textContent")
+
+        prompt_of_first = api.get(f"/v1/samples/{first}").json()["prompt_id"]
+        driver.execute_script(
+            "const v = document.getElementById('filter-verdict'); v.value = '';"
+            "const p = document.getElementById('filter-prompt'); p.value = arguments[0];"
+            "p.dispatchEvent(new Event('change'));", prompt_of_first)
+        wait_js(driver, "[...document.querySelectorAll('.sample-card')].length > 0 && [...document.querySelectorAll("
+                        f"'.sample-card')].every(c => c.dataset.promptId === '{prompt_of_first}')", what="cards of one prompt")
+
+        # drag-and-drop upload: a PNG appears in the prompt list ...
+        image = png_bytes(seed=7)
+        prompt_id = hashlib.sha256(image).hexdigest()
+        drop_file(driver, "dropped.png", "image/png", image)
+        wait_js(driver, "document.getElementById('upload-message').classList.contains('ok')", what="upload accepted")
+        wait_js(driver, f"document.querySelector('#prompt-list li[data-prompt-id=\"{prompt_id}\"]')",
+                what="the uploaded prompt in the list")
+        assert broker.prompts.exists(prompt_id)
+        # ... and a text file named .png shows the API's own message
+        text = b"these are notes, not an image\n"
+        expected = api.post("/v1/prompts", files={"images": ("notes.png", text, "image/png")},
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+        assert expected.status_code == 415
+        drop_file(driver, "notes.png", "image/png", text)
+        message = wait_js(driver, "document.getElementById('upload-message').classList.contains('error') && "
+                                  "document.getElementById('upload-message').textContent", what="upload refused")
+        # (the detail quotes Pillow's error, which names a buffer's address: compare without addresses)
+        assert without_addresses(expected.json()["detail"]) in without_addresses(message) and "415" in message
+
+        # usable at 1280 px and at 390 px: nothing wider than the screen
+        driver.execute_script("const p = document.getElementById('filter-prompt'); p.value = '';"
+                              "p.dispatchEvent(new Event('change'));")
+        wait_js(driver, "document.querySelectorAll('.sample-card .badge.stable').length >= 1", what="all cards again")
+        set_screen(driver, DESKTOP)
+        wait_js(driver, f"document.querySelectorAll('.sample-card').length > 8 && {THUMBS_LOADED}", what="desktop gallery")
+        wide, _ = save_full_page(driver, DOCS / "console.png", DESKTOP, ready_js=THUMBS_LOADED)
+        assert wide <= DESKTOP
+        set_screen(driver, MOBILE, mobile=True)
+        wait_js(driver, f"document.querySelectorAll('.sample-card').length <= 8 && {THUMBS_LOADED}", what="phone gallery")
+        narrow, _ = save_full_page(driver, DOCS / "console-mobile.png", MOBILE, mobile=True, ready_js=THUMBS_LOADED)
+        assert narrow <= MOBILE, f"the page is {narrow} px wide on a {MOBILE} px screen"
+        columns = driver.execute_script(
+            "return getComputedStyle(document.querySelector('.layout')).gridTemplateColumns.split(' ').length")
+        assert columns == 1, "one column on a phone"
+        for name, width in (("console.png", DESKTOP), ("console-mobile.png", MOBILE)):
+            with Image.open(DOCS / name) as shot:
+                assert shot.width == width and shot.height > 600
+
+        # graceful degradation: a stopped loop, then a stopped API, each get a banner, not a blank page
+        loop.stop_workers()
+        banner = wait_js(driver, "!document.getElementById('banner').hidden && "
+                                 "document.getElementById('banner').textContent.includes('not running') && "
+                                 "document.getElementById('banner').textContent", what="the loop-stopped banner")
+        assert "generator: not alive" in banner
+        assert driver.execute_script("return document.getElementById('loop-state').textContent") == "loop stopped"
+        loop.stop_api()
+        wait_js(driver, "document.getElementById('banner').dataset.level === 'error' && "
+                        "document.getElementById('banner').textContent.includes('does not answer')",
+                what="the API-down banner")
+        assert driver.execute_script("return document.querySelectorAll('.sample-card').length") > 0, \
+            "the last data stays on screen"
+        print(f"3-D view mode: {mode}")
+    finally:
+        driver.quit()
+
+
+def test_console_says_so_when_the_broker_is_down(tmp_path: Path):
+    """An API whose Redis has gone: the page loads and explains, instead of staying blank."""
+    with EmbeddedValkey(tmp_path / "valkey") as server:
+        settings = Settings(broker=make_settings(tmp_path, redis_url=server.url))
+        broker = Broker.open(settings.broker)
+        api = ApiServer(create_app(settings, broker, metrics=LoopMetrics(CollectorRegistry())), port=0).start(
+            announce=False
+        )
+        server.stop()
+        driver = browser(DESKTOP, 900)
+        try:
+            driver.get(api.url + "/")
+            banner = wait_js(driver, "document.getElementById('banner').dataset.level === 'error' && "
+                                     "document.getElementById('banner').textContent", what="the broker-down banner")
+            assert "cannot reach the loop's broker" in banner and "Redis unreachable" in banner
+            assert driver.execute_script("return document.getElementById('loop-state').textContent") == "broker down"
+            assert driver.execute_script("return document.getElementById('gallery-panel').offsetHeight") > 0
+        finally:
+            driver.quit()
+            api.stop()
+            broker.close()
