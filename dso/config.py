@@ -183,6 +183,10 @@ class ShapesSettings(Section):
     family_weights: dict[str, float] = Field(  # relative odds of each family when none is asked for
         default_factory=lambda: {"biped": 1.0, "quadruped": 1.0, "slender": 1.0, "furniture": 1.0, "top_heavy": 1.0}
     )
+    # Family mix of DSO's own prompt sets (held-out evaluation, fine-tuning and loop prompts); None -> the
+    # balanced / family_weights mix above. Pretraining always uses family_weights. Harder mixes (families with
+    # thin legs or narrow bases) give the base model more objects that fall, which DSO is there to fix.
+    prompt_family_weights: dict[str, float] | None = None
     marginal_fraction: float = Field(0.6, ge=0.0, le=1.0)  # share of objects leaned to a small target margin
     marginal_margin: tuple[float, float] = (0.008, 0.03)  # target support margin of those (unit-cube units)
     min_margin: float = Field(0.006, gt=0.0)  # every object keeps at least this support margin
@@ -437,7 +441,7 @@ class ConsoleSettings(Section):
     preview_azimuth_deg: float = 35.0  # preview camera, degrees from +x towards +y ...
     preview_elevation_deg: float = Field(25.0, ge=-89.0, le=89.0)  # ... and above the ground
     preview_fov_deg: float = Field(30.0, gt=0.0, lt=180.0)  # the camera backs off until the object fits this view
-    media_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)  # rendered previews / GLBs kept in memory (samples never change)
+    media_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)  # previews / GLBs kept in memory (samples never change)
     history_buckets: int = Field(40, ge=1)  # default points of the stability-rate history ...
     history_max_buckets: int = Field(500, ge=1)  # ... and the most a client may ask for
 

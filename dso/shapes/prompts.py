@@ -18,6 +18,9 @@ from dso.shapes.procedural import FAMILIES, ProceduralObject, sample_object
 from dso.shapes.render import render_occupancy
 
 
+PROMPT_FAMILY_STREAM = 7_919  # second RNG key: the prompt family draw is independent of the object's own stream
+
+
 @dataclass
 class Prompt:
     """One prompt image with the object and camera that made it."""
@@ -49,11 +52,25 @@ def heldout_seeds(settings: ShapesSettings) -> range:
     return range(settings.heldout_seed, settings.heldout_seed + settings.heldout_objects)
 
 
+def prompt_family(seed: int, settings: ShapesSettings) -> str | None:
+    """The family of prompt object ``seed`` under ``settings.prompt_family_weights`` (None: let the seed choose)."""
+    weights = settings.prompt_family_weights
+    if not weights:
+        return None
+    unknown = set(weights) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"prompt_family_weights names unknown families {sorted(unknown)}; expected {FAMILIES}")
+    names = [f for f in FAMILIES if weights.get(f, 0.0) > 0]
+    p = np.array([weights[f] for f in names], dtype=float)
+    rng = np.random.default_rng([seed, PROMPT_FAMILY_STREAM])
+    return str(rng.choice(names, p=p / p.sum()))
+
+
 def training_prompt(seed: int, view_seed: int, settings: ShapesSettings) -> Prompt:
     """The prompt for training object ``seed`` seen from the first camera of ``default_views(1, view_seed)``."""
     if not 0 <= seed < settings.training_seed_limit:
         raise ValueError(f"training seed {seed} outside [0, {settings.training_seed_limit})")
-    obj = sample_object(seed, resolution=settings.resolution, settings=settings)
+    obj = sample_object(seed, resolution=settings.resolution, family=prompt_family(seed, settings), settings=settings)
     camera = default_views(1, view_seed, settings)[0]
     image = render_occupancy(obj.occupancy, camera, size=settings.render_size, parts=obj.parts, settings=settings)
     return Prompt(f"train-{obj.family}-{seed}-s{view_seed}", image, obj, camera)
@@ -65,7 +82,10 @@ def heldout_prompts(settings: ShapesSettings) -> list[Prompt]:
         raise ValueError(f"heldout_view_seed={settings.heldout_view_seed} overlaps the training view seeds")
     prompts = []
     for index, seed in enumerate(heldout_seeds(settings)):
-        family = FAMILIES[index % len(FAMILIES)] if settings.heldout_balanced else None
+        if settings.prompt_family_weights:
+            family = prompt_family(seed, settings)
+        else:
+            family = FAMILIES[index % len(FAMILIES)] if settings.heldout_balanced else None
         obj = sample_object(seed, resolution=settings.resolution, family=family, settings=settings)
         cameras = default_views(settings.heldout_views, settings.heldout_view_seed + index, settings)
         for view, camera in enumerate(cameras):
