@@ -368,7 +368,7 @@ class LoopSettings(Section):
 class DatasetSettings(Section):
     """Offline dataset (`dso dataset build`): K labelled samples per training prompt image."""
 
-    objects: int = Field(24, ge=1)  # training objects; object j uses seed object_seed_start + j
+    objects: int = Field(64, ge=1)  # training objects; object j uses seed object_seed_start + j
     views_per_object: int = Field(2, ge=1)  # prompt images per object (paper: 6)
     samples_per_prompt: int = Field(8, ge=1)  # K (paper: 4)
     object_seed_start: int = Field(100_000, ge=0)  # beyond pretraining's seeds, below training_seed_limit
@@ -382,7 +382,7 @@ class DatasetSettings(Section):
 class EvalSettings(Section):
     """Held-out evaluation (`dso eval`): K samples per held-out prompt, oracle + geometry metrics."""
 
-    samples_per_prompt: int = Field(4, ge=1)
+    samples_per_prompt: int = Field(8, ge=1)
     seed: int = Field(7_000_000, ge=0)  # sample k of held-out prompt p uses seed + p * K + k
     batch_prompts: int = Field(8, ge=1)  # prompts generated per forward batch
     fscore_tau: float = Field(0.05, gt=0)  # paper: F-score@0.05
