@@ -15,7 +15,7 @@ SHA = "3f1a3c5e0b2d4f6a8c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a"
 class ErrorResponse(BaseModel):
     """Every error: a sentence that says what was wrong."""
 
-    detail: str = Field(examples=["file 'notes.png': not a readable image (cannot identify image file)"])
+    detail: str = Field(examples=["file 'notes.png': not a readable image (expected an image file such as PNG, JPEG, WEBP)"])
 
 
 class PromptMetadata(BaseModel):

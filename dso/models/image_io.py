@@ -109,7 +109,8 @@ def load_image(
             raise UnsupportedImageError(
                 f"{name}: {detected} images are not accepted (allowed: {', '.join(sorted(allowed))})"
             ) from exc
-        raise UnsupportedImageError(f"{name}: not a readable image ({exc})") from exc
+        known = "PNG, JPEG, WebP" if allowed is None else ", ".join(sorted(allowed))
+        raise UnsupportedImageError(f"{name}: not a readable image (expected an image file such as {known})") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt files
         raise InvalidImageError(f"{name}: corrupt image ({type(exc).__name__}: {exc})") from exc
 
