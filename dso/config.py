@@ -343,6 +343,7 @@ class LoopSettings(Section):
     publish_every: int = Field(20, ge=1)  # learner steps between adapter versions
     learner_batch: int = Field(8, ge=2)  # records per learner step (half stable, half unstable)
     min_replay: int = Field(8, ge=2)  # labelled records (both classes present) before training starts
+    max_steps_per_sample: float | None = Field(None, gt=0)  # learner steps per ingested sample (replay ratio); None: unbounded
     ingest_batch: int = Field(32, ge=1)  # labelled entries the learner moves into the replay buffer per poll
     simulator_batch: int = Field(1, ge=1)  # sample entries a simulator takes per read
     checkpoint_every: int = Field(0, ge=0)  # learner steps between checkpoints besides each publish (0: only at publish)

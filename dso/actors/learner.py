@@ -95,9 +95,11 @@ class Learner:
         self.images = PromptImages(broker.prompts, settings)
         self._cond: dict[str, torch.Tensor] = {}
         self.resumed_from_step: int | None = None
+        self._ingested = 0  # samples moved into the replay buffer by this process
         if (self.checkpoint_dir / CHECKPOINT_FILE).is_file():
             self.resumed_from_step = self.tuner.load(self.checkpoint_dir)
             log.info("%s: resumed from step %d", name, self.resumed_from_step)
+        self._step_allowance_base = self.tuner.step  # a resumed learner is not held back by its past steps
         saved = self._read_state().get("version", 0)
         self.version = max(broker.adapters.latest() or 0, int(saved))
         self.prompt_stats = PromptStats.for_broker(broker)
@@ -158,6 +160,17 @@ class Learner:
             self._cond[prompt_id] = cond
         return cond
 
+    def within_replay_ratio(self) -> bool:
+        """Whether another step keeps learner steps <= ``loop.max_steps_per_sample`` x samples ingested.
+
+        Without a bound a fast learner keeps re-fitting the same replay buffer, which
+        for DRO and DPO means drifting away from the base geometry ("cheating").
+        """
+        ratio = self.loop.max_steps_per_sample
+        if ratio is None:
+            return True
+        return self.tuner.step < self._step_allowance_base + ratio * self._ingested
+
     def ready(self) -> bool:
         """At least ``loop.min_replay`` fresh-enough samples (of both classes for paired objectives).
 
@@ -209,7 +222,8 @@ class Learner:
 
     def step(self) -> LearnerStep:
         out = LearnerStep(ingested=self.ingest())
-        if not self.ready():
+        self._ingested += out.ingested
+        if not self.within_replay_ratio() or not self.ready():
             return out
         rng = np.random.default_rng([self.settings.train.seed, self.tuner.step])
         drawn = self.train_batch(rng)
