@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from benchdocs import write_section as write_section_in
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -211,17 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_section(path: Path, body: str) -> None:
-    """Replace (or append) our section in docs/benchmarks.md, leaving other sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n"
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        text = "".join(lines[:start]) + body.rstrip("\n") + "\n" + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_section_in(path, SECTION, body)
 
 
 if __name__ == "__main__":

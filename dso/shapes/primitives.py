@@ -8,6 +8,7 @@ a whole voxel block is tested at once.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,16 +24,18 @@ def _as_vec(v: Vec3 | np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Solid:
+class Solid(ABC):
     """Base class: a labelled region of space (``part`` is the uint8 part label, >= 1)."""
 
     part: int
 
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned (lo, hi) corners enclosing the solid."""
 
-    def contains(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def contains(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Boolean mask of the points (x, y, z) inside the solid."""
 
 
 @dataclass(frozen=True)
