@@ -97,6 +97,14 @@ def plot_samples(prompts: Sequence[Prompt], grids: dict[str, HeldoutSamples], se
     plt.close(fig)
 
 
+def _family_mix(shapes) -> str:
+    """How the held-out objects' families were chosen, for the set-up paragraph."""
+    if shapes.prompt_family_weights:
+        mix = ", ".join(f"{k} {v:g}" for k, v in shapes.prompt_family_weights.items())
+        return f"(families drawn with weights {mix}: shapes.prompt_family_weights) "
+    return "(balanced over the object families) " if shapes.heldout_balanced else ""
+
+
 def _fmt(x: float, spec: str = ".1f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -207,7 +215,7 @@ def write_results(result: ExperimentResult, settings: Settings, command: str, pa
         f"(DPO: {s.train.batch_size // 2} pairs), {e.steps} steps per objective; DPO beta {s.objective.dpo_beta:g}, "
         f"DRO unstable-error cap {s.objective.dro_unstable_cap:g}, t ~ logit-normal({s.objective.t_logit_mean:g}, {s.objective.t_logit_std:g}).",
         f"- Held-out evaluation: {s.shapes.heldout_objects} objects x {s.shapes.heldout_views} views "
-        f"{'(balanced over the object families) ' if s.shapes.heldout_balanced else ''}x K = {s.eval.samples_per_prompt} samples = {result.base.samples} samples per model, "
+        f"{_family_mix(s.shapes)}x K = {s.eval.samples_per_prompt} samples = {result.base.samples} samples per model, "
         f"same seeds for every model; oracle: MuJoCo, tilt < {s.sim.tilt_threshold_deg:g} deg = stable; Chamfer / F-score@{s.eval.fscore_tau:g} "
         f"after unit-cube normalisation and ICP ({s.eval.surface_points} surface points).",
         "",
