@@ -123,6 +123,10 @@ def main() -> None:
         "publish_to_adopt_s": summary.adoption_latency_s if summary else None,
         "learner": summary.learner if summary else None,
         "run_dir": str(run_dir),
+        "objective": settings.objective.name,
+        "lr": settings.train.lr,
+        "max_steps_per_sample": settings.loop.max_steps_per_sample,
+        "publish_every": settings.loop.publish_every,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "loop_bench.json").write_text(json.dumps(report, indent=2, default=str))
@@ -169,7 +173,10 @@ def section_body(args, r: dict) -> str:
         f"--samples {args.samples}` on this {os.cpu_count()}-core machine: the whole loop (local Ray, embedded Valkey, "
         "generators, simulators, DRO learner) runs while this process evaluates each newly published adapter on "
         f"{args.prompts} held-out prompts x {args.samples} fixed seeds (stability by the oracle; Chamfer distance to the "
-        "ground-truth object after unit-cube normalisation and ICP). Version 0 is the base model in the same run.",
+        "ground-truth object after unit-cube normalisation and ICP). Version 0 is the base model in the same run. "
+        f"Learner: objective {r['objective']}, lr {r['lr']:g}, replay ratio {r['max_steps_per_sample']} steps per sample, "
+        f"a version every {r['publish_every']} steps (set with `DSO__OBJECTIVE__NAME`, `DSO__TRAIN__LR`, "
+        "`DSO__LOOP__MAX_STEPS_PER_SAMPLE`, `DSO__LOOP__PUBLISH_EVERY`).",
         "",
         "| | adapter | held-out stable | Chamfer to GT | vs base |",
         "|---|---:|---:|---:|---:|",
