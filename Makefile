@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-CONFIG ?= configs/tiny.yaml
+CONFIG ?= configs/run.yaml
 
 .PHONY: setup run test bench lock clean
 

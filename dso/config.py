@@ -516,14 +516,26 @@ def resolve_config_path(path: str | Path) -> Path:
     raise FileNotFoundError(f"config file not found: {path} (also looked in {CONFIG_DIR})")
 
 
+BASE_KEY = "base"  # a config may name another one it extends: `base: tiny.yaml`
+
+
+def _read_config(cfg_path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One YAML file, merged over the config its ``base:`` key names (relative to it, or under configs/)."""
+    if cfg_path.resolve() in seen:
+        raise ValueError(f"config {cfg_path} extends itself through {BASE_KEY}:")
+    loaded = yaml.safe_load(cfg_path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{cfg_path}: top level must be a mapping, got {type(loaded).__name__}")
+    base = loaded.pop(BASE_KEY, None)
+    if base is None:
+        return loaded
+    sibling = cfg_path.parent / str(base)
+    base_path = sibling if sibling.is_file() else resolve_config_path(base)
+    return _deep_merge(_read_config(base_path, seen + (cfg_path.resolve(),)), loaded)
+
+
 def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Load settings: defaults <- YAML file (if any) <- ``DSO__*`` environment variables."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        cfg_path = resolve_config_path(path)
-        loaded = yaml.safe_load(cfg_path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{cfg_path}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+    data: dict[str, Any] = _read_config(resolve_config_path(path)) if path is not None else {}
     data = _deep_merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
     return Settings.model_validate(data)

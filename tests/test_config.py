@@ -39,3 +39,24 @@ def test_unknown_key_is_an_error(tmp_path: Path):
 def test_missing_config_file_names_it():
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_settings("nope.yaml", environ={})
+
+
+def test_config_extends_its_base(tmp_path: Path):
+    (tmp_path / "parent.yaml").write_text("sim:\n  timestep: 0.004\nlora:\n  r: 8\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: parent.yaml\nlora:\n  alpha: 4\n")
+    s = load_settings(child, environ={})
+    assert s.sim.timestep == 0.004 and s.lora.r == 8 and s.lora.alpha == 4
+
+
+def test_run_config_is_tiny_with_its_own_learner():
+    run, tiny = load_settings("run", environ={}), load_settings("tiny", environ={})
+    assert run.model == tiny.model and run.shapes == tiny.shapes
+    assert run.objective.name == "dpo" and run.loop.max_steps_per_sample == 0.25
+
+
+def test_config_cannot_extend_itself(tmp_path: Path):
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(ValueError, match="extends itself"):
+        load_settings(loop, environ={})
