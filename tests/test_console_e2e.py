@@ -211,10 +211,12 @@ def test_console_shows_the_loop_learning(loop):
 
         # graceful degradation: a stopped loop, then a stopped API, each get a banner, not a blank page
         loop.stop_workers()
+        # the workers stop one by one, so wait until the banner names all three
         banner = wait_js(driver, "!document.getElementById('banner').hidden && "
                                  "document.getElementById('banner').textContent.includes('not running') && "
+                                 "document.getElementById('banner').textContent.includes('generator: not alive') && "
                                  "document.getElementById('banner').textContent", what="the loop-stopped banner")
-        assert "generator: not alive" in banner
+        assert all(f"{role}: not alive" in banner for role in ("generator", "simulator", "learner")), banner
         assert driver.execute_script("return document.getElementById('loop-state').textContent") == "loop stopped"
         loop.stop_api()
         wait_js(driver, "document.getElementById('banner').dataset.level === 'error' && "
