@@ -39,6 +39,18 @@ def export_random_tiny_model(folder: Path, seed: int = 0) -> Path:
     return export_tiny_folder(modules, settings, folder, training_record={"note": "random test model"})
 
 
+def export_trainable_tiny_model(folder: Path, seed: int = 0) -> tuple[Path, Settings]:
+    """A random tiny generator with every flow weight drawn N(0, 0.02): trained-looking, so gradients
+    reach the LoRA layers (the DiT init's zero output layer would block them). Returns (folder, settings)."""
+    settings = load_settings("tiny", environ={})
+    torch.manual_seed(seed)
+    modules = build_tiny_modules(settings.model, settings.sampler)
+    with torch.no_grad():
+        for param in modules.flow.parameters():
+            param.normal_(0.0, 0.02)
+    return export_tiny_folder(modules, settings, folder), settings
+
+
 def loop_test_settings(model_folder: Path, broker_values: dict[str, Any], **loop: Any) -> Settings:
     """Tiny-config settings pointing at a test model folder and a test broker."""
     settings = load_settings("tiny", environ={"DSO__MODEL__WEIGHTS_PATH": str(model_folder)})

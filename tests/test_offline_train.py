@@ -182,16 +182,10 @@ class TinyShapedSource(BlockOrPostSource):
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory):
     """A random tiny model folder (trainable: random output layer) and a tiny-shaped dataset with both outcomes."""
-    from dso.models.factory import build_tiny_modules, export_tiny_folder
+    from test_loop_support import export_trainable_tiny_model
 
     root = tmp_path_factory.mktemp("cli")
-    settings = load_settings("tiny", environ={})
-    torch.manual_seed(0)
-    modules = build_tiny_modules(settings.model, settings.sampler)
-    with torch.no_grad():
-        for p in modules.flow.parameters():
-            p.normal_(0.0, 0.02)
-    folder = export_tiny_folder(modules, settings, root / "model")
+    folder, settings = export_trainable_tiny_model(root / "model")
     ds_settings = DatasetSettings(objects=2, views_per_object=2, samples_per_prompt=2, chunk_prompts=4, sim_workers=1)
     build_dataset(TinyShapedSource(), root / "ds", ds_settings, settings.shapes, settings.sim)
     env = {"DSO__MODEL__WEIGHTS_PATH": str(folder), "DSO__TRAIN__BATCH_SIZE": "4", "DSO__TRAIN__CHECKPOINT_EVERY": "2", "DSO__TRAIN__LR": "1e-3"}

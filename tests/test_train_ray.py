@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from dso.config import DatasetSettings, load_settings
 from dso.learner.dataset import OfflineDataset, build_dataset
 from dso.learner.offline import latest_checkpoint
-from dso.models.factory import build_tiny_modules, export_tiny_folder
+from test_loop_support import export_trainable_tiny_model
 
 GRID = 32
 
@@ -43,13 +43,7 @@ def test_two_worker_ray_train_run_completes(tmp_path):
     ray = pytest.importorskip("ray")
     from dso.jobs.train_ray import train_with_ray
 
-    base = load_settings("tiny", environ={})
-    torch.manual_seed(0)
-    modules = build_tiny_modules(base.model, base.sampler)
-    with torch.no_grad():
-        for p in modules.flow.parameters():  # trained-looking weights: the DiT init's zero output layer blocks gradients
-            p.normal_(0.0, 0.02)
-    folder = export_tiny_folder(modules, base, tmp_path / "model")
+    folder, _ = export_trainable_tiny_model(tmp_path / "model")
     settings = load_settings(
         "tiny",
         environ={
