@@ -7,6 +7,12 @@ configs/tiny.yaml); with a CUDA GPU present it defaults to TRELLIS-L stage 1
 (1024 wide, 24 blocks, 4,096 tokens, 1,374 x 1,024 condition tokens, LoRA r=64)
 at batch 6 with bf16 autocast, as in the paper's per-GPU batch.
 
+Objectives run with the config's defaults (configs/tiny.yaml or
+configs/trellis.yaml): the guided velocity is scored (both CFG branches in one
+batched call) and DRO's push is anchored to the reference (a gradient-free pass
+over the unstable rows only). The paper's unanchored DRO (Eq. 5, no reference
+at all) is measured beside it.
+
 Two batch conventions are measured, because "batch B" means different work for
 the two objectives:
 - equal samples: both see B samples per step (DPO as B/2 pairs);
@@ -35,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 SECTION = "## Learner"
 TARGET_RATIO = 0.6  # a DRO step should cost at most this fraction of a DPO step
+CONVENTIONS = ("equal samples", "equal items")
 
 
 def _rss_bytes() -> int:
@@ -42,28 +49,38 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+OBJECTIVES = {  # bench name -> ObjectiveSettings fields
+    "dro": {"name": "dro"},
+    "dro-unanchored": {"name": "dro", "dro_anchor": "none"},
+    "dpo": {"name": "dpo"},
+}
+LABELS = {"dro": "DRO", "dro-unanchored": "DRO, unanchored (Eq. 5)", "dpo": "DPO"}
+
+
 def _measure(objective: str, samples: int, size: str, steps: int, threads: int, queue) -> None:
     """Child process: build the model and a synthetic batch, time ``steps`` optimiser steps."""
     import torch
 
     from dso.config import FlowTransformerSettings, LoraSettings, ObjectiveSettings, TrainSettings, load_settings
-    from dso.learner.trainer import FineTuner, TrainBatch
+    from dso.learner.trainer import FineTuner, TrainBatch, training_guidance
     from dso.models.transformer import SparseStructureFlowModel
 
     torch.manual_seed(0)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if size == "trellis-l":
+        settings = load_settings("trellis", environ={})
         flow_settings, lora, cond_tokens = FlowTransformerSettings(), LoraSettings(), 1374
     else:
-        tiny = load_settings("tiny", environ={})
-        flow_settings, lora, cond_tokens = tiny.model.transformer, tiny.lora, 64
+        settings = load_settings("tiny", environ={})
+        flow_settings, lora, cond_tokens = settings.model.transformer, settings.lora, 64
         torch.set_num_threads(threads)
+    settings.objective = ObjectiveSettings(**OBJECTIVES[objective])
     flow = SparseStructureFlowModel.from_settings(flow_settings)
     with torch.no_grad():
         for p in flow.parameters():
             p.normal_(0.0, 0.02)
-    tuner = FineTuner(flow, lora, ObjectiveSettings(name=objective), TrainSettings(lr=1e-5, warmup_steps=1), device)
+    tuner = FineTuner(flow, lora, settings.objective, TrainSettings(lr=1e-5, warmup_steps=1), device, training_guidance(settings))
     r, c = flow_settings.resolution, flow_settings.in_channels
     g = torch.Generator().manual_seed(1)
     half = samples // 2
@@ -146,15 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
-    b = args.batch or (6 if args.size == "trellis-l" else load_settings("tiny", environ={}).train.batch_size)
+    config = "trellis" if args.size == "trellis-l" else "tiny"
+    cfg = load_settings(config, environ={})
+    b = args.batch or (6 if args.size == "trellis-l" else cfg.train.batch_size)
     if b % 2:
         parser.error("--batch must be even (DPO needs pairs)")
-    cases = {
-        ("equal samples", "dro"): b,
-        ("equal samples", "dpo"): b,
-        ("equal items", "dro"): b,
-        ("equal items", "dpo"): 2 * b,
-    }
+    cases = {}
+    for conv in CONVENTIONS:
+        for objective in OBJECTIVES:
+            cases[(conv, objective)] = 2 * b if (conv == "equal items" and objective == "dpo") else b
     runs: dict = {k: [] for k in cases}
     for _ in range(args.repeats):
         for key, samples in cases.items():
@@ -165,14 +182,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"peak {r['peak_bytes'] / 2**20:8.1f} MiB  saved {r['saved_bytes'] / 2**20:8.1f} MiB"
             )
     res = {k: best(v) for k, v in runs.items()}
-    device = res[("equal samples", "dro")]["device"]
+    device = res[("equal samples", "dpo")]["device"]
     where = torch.cuda.get_device_name(0) if gpu else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
     mem_label = "peak GPU memory" if gpu else "peak RSS growth"
     lines = [
         SECTION,
         "",
         f"`python bench/learner.py` — {args.size} flow model, B = {b}, {args.steps} timed steps after one warm-up, "
-        f"best of {args.repeats} alternating repeats, each case in a fresh process; device: {where} ({device}"
+        f"best of {args.repeats} alternating repeats, each case in a fresh process; objectives at the defaults of "
+        f"configs/{config}.yaml (guided: {cfg.objective.guided}, CFG {cfg.sampler.cfg_strength:g} on t in "
+        f"{list(cfg.sampler.cfg_interval)}; DRO anchored with margin {cfg.objective.dro_margin:g}); device: {where} ({device}"
         f"{'' if gpu else f', {args.threads} torch threads'}). "
         "Memory: CUDA max_memory_allocated on a GPU; on the CPU the growth of peak RSS over the timed steps (noisy: "
         "the allocator keeps freed pages) and, exactly, the bytes autograd saves for the backward pass in one step "
@@ -182,26 +201,33 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
-    for conv in ("equal samples", "equal items"):
-        dro, dpo = res[(conv, "dro")], res[(conv, "dpo")]
-        t_ratio = dro["median_s"] / dpo["median_s"]
-        mem_key = "peak_bytes" if gpu else "saved_bytes"  # RSS growth on a CPU is allocator noise; saved bytes are exact
-        m_ratio = dro[mem_key] / dpo[mem_key] if dpo[mem_key] > 0 else float("nan")
-        for name, r in (("DRO", dro), ("DPO", dpo)):
-            ratio_cells = f"{t_ratio:.2f} | {m_ratio:.2f}" if name == "DRO" else " | "
+    mem_key = "peak_bytes" if gpu else "saved_bytes"  # RSS growth on a CPU is allocator noise; saved bytes are exact
+    for conv in CONVENTIONS:
+        dpo = res[(conv, "dpo")]
+        for objective in OBJECTIVES:
+            r = res[(conv, objective)]
+            ratio_cells = " | "
+            if objective != "dpo":
+                t_ratio = r["median_s"] / dpo["median_s"]
+                m_ratio = r[mem_key] / dpo[mem_key] if dpo[mem_key] > 0 else float("nan")
+                ratio_cells = f"{t_ratio:.2f} | {m_ratio:.2f}"
+                verdict = "meets" if t_ratio <= TARGET_RATIO else "misses"
+                verdicts.append(f"- {conv}: {LABELS[objective]} step = {t_ratio:.2f} x DPO step ({verdict} the {TARGET_RATIO} x target).")
             lines.append(
-                f"| {conv} | {name} | {cases[(conv, name.lower())]} | {r['median_s'] * 1e3:.1f} | {r['peak_bytes'] / 2**20:.1f} "
+                f"| {conv} | {LABELS[objective]} | {cases[(conv, objective)]} | {r['median_s'] * 1e3:.1f} | {r['peak_bytes'] / 2**20:.1f} "
                 f"| {r['saved_bytes'] / 2**20:.1f} | {ratio_cells} |"
             )
-        verdicts.append(f"- {conv}: DRO step = {t_ratio:.2f} x DPO step ({'meets' if t_ratio <= TARGET_RATIO else 'misses'} the {TARGET_RATIO} x target).")
     lines += [
         "",
         *verdicts,
         "",
-        "Expectation: a DRO step is one forward + backward over its samples; a DPO step adds a no-grad forward of the "
-        "reference (the same network with the adapter off) over every sample, and needs two samples per item. "
-        "Counting a backward as two forwards, DRO / DPO is about 3 / 4 = 0.75 at equal samples and 3 / 8 = 0.375 "
-        "at equal items; small models on a loaded CPU stray from this (fixed per-step overheads, thread contention).",
+        "Expectation: every objective runs one forward + backward over its samples (guided: both CFG branches, in one "
+        "batched call, so each pass costs twice the unguided one); a DPO step adds a no-grad forward of the reference "
+        "(the same network with the adapter off) over every sample and needs two samples per item; anchored DRO adds "
+        "that reference forward over its unstable half only, the paper's unanchored DRO none. Counting a backward as "
+        "two forwards, DRO / DPO is about 3.5 / 4 = 0.88 (unanchored 0.75) at equal samples and 3.5 / 8 = 0.44 "
+        "(unanchored 0.375) at equal items; small models on a loaded CPU stray from this (fixed per-step overheads, "
+        "thread contention).",
         "",
     ]
     body = "\n".join(lines)

@@ -250,9 +250,17 @@ class ObjectiveSettings(Section):
 
     name: Literal["dro", "dro_paired", "dpo", "sft"] = "dro"
     dpo_beta: float = 500.0  # paper, Sec. 4
-    # Balanced DRO: the unstable half's error is capped so the loss is bounded
-    # below even for an all-unstable batch (velocity MSE of a trained model is ~0.1-1).
+    # DRO's push on unstable samples: "reference" stops it once a sample's error is dro_margin (relative) above
+    # the adapter-off reference's at the same t and noise (a trust region; one gradient-free pass over the
+    # unstable rows); "none" is the paper's Eq. 5, bounded only by dro_unstable_cap. docs/results.md compares them.
+    dro_anchor: Literal["reference", "none"] = "reference"
+    dro_margin: float = Field(0.05, ge=0.0)
+    # anchor "none": the unstable half's error is capped so the loss is bounded below even for an
+    # all-unstable batch (velocity MSE of a trained model is ~0.1-1).
     dro_unstable_cap: float = 2.0
+    # Score the velocity the sampler follows (CFG with sampler.cfg_strength / cfg_interval) rather than the
+    # conditional branch alone: fitting the conditional branch to CFG samples makes sampling guide twice.
+    guided: bool = True
     t_logit_mean: float = 1.0  # logit-normal t, as in the paper's code
     t_logit_std: float = 1.0
     sigma_min: float = 1e-5  # TRELLIS flow path
@@ -397,7 +405,7 @@ class ExperimentSettings(Section):
     """`dso experiment`: base vs SFT vs DPO vs DRO on the same labelled data and step budget."""
 
     objectives: list[Literal["sft", "dpo", "dro", "dro_paired"]] = Field(default_factory=lambda: ["sft", "dpo", "dro"])
-    steps: int = Field(150, ge=1)  # per objective (sized for a 2-core CPU in ~20 min)
+    steps: int = Field(300, ge=1)  # per objective (sized for a 2-core CPU: the whole experiment in ~20 min)
     eval_every: int = Field(50, ge=1)  # evaluate the adapter every this many steps (curves)
     output_dir: Path = Path("runs/experiment")
     docs_dir: Path = Path("docs")  # results.md and results_*.png go here

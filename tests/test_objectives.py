@@ -5,7 +5,7 @@ import math
 import torch
 
 from dso.learner import flow_matching as fm
-from dso.learner.objectives import dpo_loss, dro_loss, dro_paired_loss, sft_loss
+from dso.learner.objectives import anchored_dro_loss, dpo_loss, dro_loss, dro_paired_loss, sft_loss
 
 
 def test_dro_lowers_stable_error_and_raises_unstable():
@@ -32,6 +32,46 @@ def test_balanced_dro_bounded_for_all_unstable_batch():
     assert loss.item() >= -1.0 - 1e-6
     loss.backward()
     assert torch.all(err.grad == 0), "errors past the cap must not be pushed further"
+
+
+def test_anchored_dro_pushes_only_within_the_margin_of_the_reference():
+    ref = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    # unstable row 2 sits at the reference, row 3 already 20 % above it (margin 10 %)
+    err = torch.tensor([0.5, 0.5, 0.5, 0.6], requires_grad=True)
+    stable = torch.tensor([True, True, False, False])
+    anchored_dro_loss(err, stable, ref, margin=0.1).backward()
+    assert (err.grad[:2] > 0).all(), "stable errors must decrease under descent"
+    assert err.grad[2] < 0, "an unstable error near the reference must increase under descent"
+    assert err.grad[3] == 0, "an unstable error past the margin must not be pushed further"
+
+
+def test_anchored_dro_bounded_for_all_unstable_batch():
+    ref = torch.tensor([0.4, 0.6, 0.5])
+    err = torch.tensor([10.0, 50.0, 1e6], requires_grad=True)
+    loss = anchored_dro_loss(err, torch.zeros(3, dtype=torch.bool), ref, margin=0.05)
+    assert math.isclose(loss.item(), -0.5 * 0.05 * ref.mean().item(), rel_tol=1e-6)
+    loss.backward()
+    assert torch.all(err.grad == 0)
+
+
+def test_anchored_dro_equals_plain_pull_when_policy_is_reference():
+    err = torch.tensor([0.2, 0.3, 0.7], requires_grad=True)
+    stable = torch.tensor([True, True, False])
+    loss = anchored_dro_loss(err, stable, err.detach().clone(), margin=0.05)
+    assert math.isclose(loss.item(), 0.5 * 0.25, rel_tol=1e-6)  # push term is 0 at the reference
+
+
+def test_guided_velocity_matches_the_sampler_formula():
+    def model(x, timestep, cond):  # conditional branch: x + cond mean; unconditional (cond = 0): x
+        return x + cond.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+
+    guidance = fm.Guidance(strength=3.0, interval=(0.5, 1.0))
+    x = torch.randn(2, 1, 2, 2, 2)
+    cond = torch.ones(2, 4, 3)
+    timestep = torch.tensor([0.9, 0.2]) * fm.TIMESTEP_SCALE
+    v = guidance.wrap(model)(x, timestep, cond)
+    assert torch.allclose(v[0], x[0] + 4.0)  # inside the interval: (1 + w) v_cond - w v_uncond
+    assert torch.allclose(v[1], x[1] + 1.0)  # outside: the conditional branch alone
 
 
 def test_dro_paired_sign():

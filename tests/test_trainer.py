@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dso.config import LoraSettings, ObjectiveSettings, TrainSettings, load_settings
+from dso.learner import flow_matching as fm
 from dso.learner.trainer import FineTuner, TrainBatch
 from dso.models.transformer import SparseStructureFlowModel
 
@@ -35,6 +36,42 @@ def test_dro_separates_stable_from_unstable():
     gap0 = first[0]["err_unstable"] - first[0]["err_stable"]
     gap1 = first[-1]["err_unstable"] - first[-1]["err_stable"]
     assert gap1 > gap0, (gap0, gap1)
+
+
+def test_plain_dro_without_anchor_or_guidance_still_trains():
+    tuner = FineTuner(_flow(), LoraSettings(r=4, alpha=8), ObjectiveSettings(name="dro", dro_anchor="none"), TrainSettings(lr=1e-3, warmup_steps=1))
+    m = tuner.train_step(_batch())
+    assert math.isfinite(m["loss"])
+
+
+def test_guided_tuner_scores_the_guided_velocity():
+    """With guidance the error is that of (1 + w) v_cond - w v_uncond, so it differs from the plain one."""
+    batch = _batch()
+    plain, guided = _tuner("sft"), _tuner("sft")
+    guided.guidance = fm.Guidance(3.0)
+    for tuner in (plain, guided):  # a fresh model zero-inits its output layers: give it a real cond dependence
+        torch.manual_seed(4)
+        with torch.no_grad():
+            for p in tuner.model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    t, noise = torch.full((8,), 0.7), torch.randn(batch.x0.shape, generator=torch.Generator().manual_seed(2))
+    e_plain, e_guided = plain._errors(batch, t, noise), guided._errors(batch, t, noise)
+    with torch.no_grad():
+        v_c = plain.model(fm.noisy_latent(batch.x0, noise, t, 1e-5), t * 1000, batch.cond)
+        v_u = plain.model(fm.noisy_latent(batch.x0, noise, t, 1e-5), t * 1000, torch.zeros_like(batch.cond))
+        expected = ((4 * v_c - 3 * v_u - fm.velocity_target(batch.x0, noise, 1e-5)) ** 2).flatten(1).mean(1)
+    assert not torch.allclose(e_plain, e_guided)
+    assert torch.allclose(e_guided, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_anchored_dro_reference_equals_policy_for_a_fresh_adapter():
+    tuner = _tuner("dro")
+    batch = _batch()
+    t, noise = torch.full((8,), 0.6), torch.randn(batch.x0.shape, generator=torch.Generator().manual_seed(3))
+    ref = tuner._reference_errors(batch, t, noise, rows=~batch.stable)
+    err = tuner._errors(batch, t, noise).detach()
+    assert torch.all(ref[batch.stable] == 0)
+    assert torch.allclose(ref[~batch.stable], err[~batch.stable], rtol=1e-5)
 
 
 def test_dpo_starts_at_log2_with_a_fresh_adapter():

@@ -38,7 +38,7 @@ from dso.broker.broker import Broker
 from dso.broker.records import LabelledRecord
 from dso.broker.replay import IngestResult
 from dso.config import Settings
-from dso.learner.trainer import ADAPTER_DIR, CHECKPOINT_FILE, FineTuner, TrainBatch
+from dso.learner.trainer import ADAPTER_DIR, CHECKPOINT_FILE, FineTuner, TrainBatch, training_guidance
 from dso.models.factory import resolve_device
 from dso.models.generator import Generator
 
@@ -91,7 +91,9 @@ class Learner:
         generator = generator or Generator.from_settings(learner_settings(settings))
         self.encoder = generator  # frozen conditioner: prompt image -> condition tokens
         self.device = resolve_device(self.loop.learner_device)
-        self.tuner = FineTuner(generator.modules.flow, settings.lora, settings.objective, settings.train, self.device)
+        self.tuner = FineTuner(
+            generator.modules.flow, settings.lora, settings.objective, settings.train, self.device, training_guidance(settings)
+        )
         self.images = PromptImages(broker.prompts, settings)
         self._cond: dict[str, torch.Tensor] = {}
         self.resumed_from_step: int | None = None

@@ -97,6 +97,19 @@ def plot_samples(prompts: Sequence[Prompt], grids: dict[str, HeldoutSamples], se
     plt.close(fig)
 
 
+def _dro_push(s: Settings) -> str:
+    o = s.objective
+    if o.dro_anchor == "reference":
+        return f"DRO push anchored to the reference (stops {100 * o.dro_margin:g} % above its error)"
+    return f"DRO unanchored (Eq. 5), unstable-error cap {o.dro_unstable_cap:g}"
+
+
+def _guidance(s: Settings) -> str:
+    if not s.objective.guided or s.sampler.cfg_strength == 0:
+        return "errors of the conditional velocity"
+    return f"errors of the guided velocity the sampler follows (CFG {s.sampler.cfg_strength:g}, both branches trained)"
+
+
 def _family_mix(shapes) -> str:
     """How the held-out objects' families were chosen, for the set-up paragraph."""
     if shapes.prompt_family_weights:
@@ -213,7 +226,8 @@ def write_results(result: ExperimentResult, settings: Settings, command: str, pa
         f"- Training: LoRA r={s.lora.r} alpha={s.lora.alpha}, AdamW lr {s.train.lr:g}, weight decay {s.train.weight_decay:g}, "
         f"{s.train.warmup_steps} warm-up steps, grad-norm clip {s.train.grad_clip:g}, batch {s.train.batch_size} samples "
         f"(DPO: {s.train.batch_size // 2} pairs), {e.steps} steps per objective; DPO beta {s.objective.dpo_beta:g}, "
-        f"DRO unstable-error cap {s.objective.dro_unstable_cap:g}, t ~ logit-normal({s.objective.t_logit_mean:g}, {s.objective.t_logit_std:g}).",
+        f"{_dro_push(s)}, t ~ logit-normal({s.objective.t_logit_mean:g}, {s.objective.t_logit_std:g}); "
+        f"{_guidance(s)}.",
         f"- Held-out evaluation: {s.shapes.heldout_objects} objects x {s.shapes.heldout_views} views "
         f"{_family_mix(s.shapes)}x K = {s.eval.samples_per_prompt} samples = {result.base.samples} samples per model, "
         f"same seeds for every model; oracle: MuJoCo, tilt < {s.sim.tilt_threshold_deg:g} deg = stable; Chamfer / F-score@{s.eval.fscore_tau:g} "

@@ -35,6 +35,7 @@ def _worker_loop(config: dict) -> None:
 
     from dso.learner.dataset import OfflineDataset
     from dso.learner.offline import DataParallelFineTuner, OfflineTrainingLoop, ParallelContext
+    from dso.learner.trainer import training_guidance
     from dso.models.factory import load_stage_one
 
     torch.set_num_threads(config["threads"])
@@ -46,7 +47,9 @@ def _worker_loop(config: dict) -> None:
     dataset = OfflineDataset.load(Path(config["dataset_dir"]))
     flow = load_stage_one(settings.model).flow
     torch.manual_seed(settings.train.seed)  # LoRA init from the global RNG (DDP also broadcasts rank 0's)
-    tuner = DataParallelFineTuner(flow, settings.lora, settings.objective, settings.train, device, rank)
+    tuner = DataParallelFineTuner(
+        flow, settings.lora, settings.objective, settings.train, device, rank, training_guidance(settings)
+    )
 
     def report(path: Path, metrics: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(path)) if rank == 0 else None

@@ -8,6 +8,7 @@ noisy t, where coarse geometry — and so stability — is decided).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -37,3 +38,29 @@ def per_sample_error(
     pred = model(x_t, t * TIMESTEP_SCALE, cond)
     err = (pred.float() - velocity_target(x0, noise, sigma_min).float()) ** 2
     return err.flatten(1).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance as the sampler applies it, for scoring the velocity samples actually follow.
+
+    Samples are drawn with ``(1 + w) v_cond - w v_uncond`` (inside ``interval`` of t). Fine-tuning the
+    conditional branch alone on such samples pulls it toward the already-guided outputs, and sampling
+    then extrapolates a second time; scoring the guided velocity trains what is sampled.
+    """
+
+    strength: float
+    interval: tuple[float, float] = (0.0, 1.0)
+
+    def wrap(self, model: VelocityModel) -> VelocityModel:
+        """A velocity model returning the guided velocity: one batched call for both branches."""
+
+        def guided(x_t: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            both = model(torch.cat([x_t, x_t]), torch.cat([timestep, timestep]), torch.cat([cond, torch.zeros_like(cond)]))
+            v_cond, v_uncond = both.chunk(2)
+            t = timestep.float() / TIMESTEP_SCALE
+            lo, hi = self.interval
+            w = self.strength * ((t >= lo) & (t <= hi)).to(v_cond.dtype)
+            return v_cond + w.view(-1, *([1] * (v_cond.dim() - 1))) * (v_cond - v_uncond)
+
+        return guided

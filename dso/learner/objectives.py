@@ -32,6 +32,22 @@ def dro_loss(err: torch.Tensor, stable: torch.Tensor, unstable_cap: float) -> to
     return 0.5 * (pull - push)
 
 
+def anchored_dro_loss(err: torch.Tensor, stable: torch.Tensor, ref_err: torch.Tensor, margin: float) -> torch.Tensor:
+    """DRO with a trust region: the push on an unstable sample stops once its error is ``margin``
+    (relative) above the reference's (adapter off, same t and noise).
+
+    Raising an error is unbounded and easy where lowering one stops at the data's noise
+    floor, so plain DRO can win by denoising everything worse and drifts into blocks on
+    wide bases. Anchoring the push to the reference keeps the model near it, as DPO's
+    sigmoid does, while the pull and the balanced halves are those of :func:`dro_loss`.
+    Bounded below by ``-margin * mean(ref_err) / 2``. ``ref_err`` is read on unstable rows only.
+    """
+    stable = stable.bool()
+    pull = _masked_mean(err, stable)
+    push = _masked_mean(torch.minimum(err - ref_err, margin * ref_err), ~stable)
+    return 0.5 * (pull - push)
+
+
 def dro_paired_loss(err_stable: torch.Tensor, err_unstable: torch.Tensor) -> torch.Tensor:
     """DRO as the paper's code runs it: balanced (stable, unstable) pairs, mean of the differences."""
     return (err_stable - err_unstable).mean()

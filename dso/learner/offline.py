@@ -32,7 +32,7 @@ from torch import nn
 from dso.config import LoraSettings, ObjectiveSettings, Settings, TrainSettings
 from dso.learner import flow_matching as fm
 from dso.learner.dataset import OfflineDataset
-from dso.learner.trainer import PAIRED_OBJECTIVES, FineTuner, TrainBatch
+from dso.learner.trainer import PAIRED_OBJECTIVES, FineTuner, TrainBatch, training_guidance
 from dso.models.factory import load_stage_one, resolve_device
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -119,17 +119,17 @@ class DataParallelFineTuner(FineTuner):
     are identical on every rank (DDP broadcasts rank 0's parameters at wrap time).
     """
 
-    def __init__(self, flow: nn.Module, lora: LoraSettings, objective: ObjectiveSettings, train: TrainSettings, device, rank: int):
-        super().__init__(flow, lora, objective, train, device)
+    def __init__(
+        self, flow: nn.Module, lora: LoraSettings, objective: ObjectiveSettings, train: TrainSettings, device, rank: int,
+        guidance: fm.Guidance | None = None,
+    ):
+        super().__init__(flow, lora, objective, train, device, guidance)
         from torch.nn.parallel import DistributedDataParallel
 
         self.rank = rank
         self.generator.manual_seed(train.seed + rank * RANK_SEED_STRIDE)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(self.model, device_ids=ids)
-
-    def _errors(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return fm.per_sample_error(self.ddp, batch.x0, batch.cond, t, noise, self.objective.sigma_min)
+        self.network = DistributedDataParallel(self.model, device_ids=ids)
 
 
 @dataclass
@@ -252,6 +252,6 @@ def run_offline_training(
     device = resolve_device(settings.model.device)
     flow = load_stage_one(settings.model).flow
     torch.manual_seed(settings.train.seed)  # LoRA A matrices are drawn from the global RNG: same seed, same run
-    tuner = FineTuner(flow, settings.lora, settings.objective, settings.train, device)
+    tuner = FineTuner(flow, settings.lora, settings.objective, settings.train, device, training_guidance(settings))
     loop = OfflineTrainingLoop(tuner, dataset, out_dir, on_checkpoint=on_checkpoint)
     return loop.run(settings.train.steps if steps is None else steps, resume=resume, on_step=on_step)

@@ -16,10 +16,10 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from dso.config import LoraSettings, ObjectiveSettings, TrainSettings
+from dso.config import LoraSettings, ObjectiveSettings, Settings, TrainSettings
 from dso.learner import flow_matching as fm
 from dso.learner.checkpoint import load_checkpoint, save_checkpoint
-from dso.learner.objectives import dpo_loss, dro_loss, dro_paired_loss, sft_loss
+from dso.learner.objectives import anchored_dro_loss, dpo_loss, dro_loss, dro_paired_loss, sft_loss
 from dso.models.lora import attach_lora, save_adapter
 
 PAIRED_OBJECTIVES = ("dpo", "dro_paired")
@@ -39,6 +39,9 @@ class TrainBatch:
     def to(self, device: torch.device) -> "TrainBatch":
         return TrainBatch(self.x0.to(device), self.cond.to(device), self.stable.to(device))
 
+    def rows(self, mask: torch.Tensor) -> "TrainBatch":
+        return TrainBatch(self.x0[mask], self.cond[mask], self.stable[mask])
+
 
 class _LoraState:
     """Checkpoint view of a PEFT model holding only the adapter tensors (not the base weights)."""
@@ -56,6 +59,14 @@ class _LoraState:
             raise KeyError(f"checkpoint holds LoRA keys the model lacks: {unexpected[:5]}")
 
 
+def training_guidance(settings: Settings) -> fm.Guidance | None:
+    """The CFG the sampler applies, when the objective scores the guided velocity (``objective.guided``)."""
+    s = settings.sampler
+    if not settings.objective.guided or s.cfg_strength == 0:
+        return None
+    return fm.Guidance(s.cfg_strength, (float(s.cfg_interval[0]), float(s.cfg_interval[1])))
+
+
 def autocast_context(mode: str, device: torch.device):
     """bf16 autocast on devices that support it (``auto``: CUDA with bf16); a no-op otherwise."""
     use = mode == "bf16" or (mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -70,11 +81,15 @@ class FineTuner:
         objective: ObjectiveSettings,
         train: TrainSettings,
         device: torch.device | str = "cpu",
+        guidance: fm.Guidance | None = None,
     ):
+        """``guidance``: score the guided velocity the sampler follows (see :func:`training_guidance`)."""
         self.device = torch.device(device)
         self.objective = objective
         self.train = train
+        self.guidance = guidance
         self.model = attach_lora(flow, lora).to(self.device)
+        self.network: nn.Module = self.model  # what forward passes go through (DDP in data-parallel runs)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=train.lr, weight_decay=train.weight_decay)
@@ -90,7 +105,16 @@ class FineTuner:
         return self.train.lr * min(1.0, (step + 1) / max(1, self.train.warmup_steps))
 
     def _errors(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return fm.per_sample_error(self.model, batch.x0, batch.cond, t, noise, self.objective.sigma_min)
+        model = self.guidance.wrap(self.network) if self.guidance else self.network
+        return fm.per_sample_error(model, batch.x0, batch.cond, t, noise, self.objective.sigma_min)
+
+    def _reference_errors(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Errors of the reference (this network with the adapter off) on ``rows``, no gradient; 0 elsewhere."""
+        ref = torch.zeros(t.shape[0], device=self.device)
+        if bool(rows.any()):
+            with torch.no_grad(), self.model.disable_adapter():
+                ref[rows] = self._errors(batch.rows(rows), t[rows], noise[rows]).float()
+        return ref
 
     def loss(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The configured objective on one batch; t and noise come from the tuner's own RNG."""
@@ -106,15 +130,17 @@ class FineTuner:
         with autocast_context(self.train.autocast, self.device):
             err = self._errors(batch, t, noise)
             metrics = {"err_stable": _mean_where(err, batch.stable), "err_unstable": _mean_where(err, ~batch.stable)}
-            if o.name == "dro":
+            if o.name == "dro" and o.dro_anchor == "reference":
+                ref = self._reference_errors(batch, t, noise, rows=~batch.stable)
+                loss = anchored_dro_loss(err, batch.stable, ref, o.dro_margin)
+            elif o.name == "dro":
                 loss = dro_loss(err, batch.stable, o.dro_unstable_cap)
             elif o.name == "sft":
                 loss = sft_loss(err, batch.stable)
             elif o.name == "dro_paired":
                 loss = dro_paired_loss(err[:half], err[half:])
             else:  # dpo: the reference is the same network with the adapter switched off
-                with torch.no_grad(), self.model.disable_adapter():
-                    ref = self._errors(batch, t, noise)
+                ref = self._reference_errors(batch, t, noise, rows=torch.ones_like(batch.stable))
                 loss = dpo_loss(err[:half], err[half:], ref[:half], ref[half:], o.dpo_beta)
         return loss, metrics
 
