@@ -108,13 +108,18 @@ class FineTuner:
         model = self.guidance.wrap(self.network) if self.guidance else self.network
         return fm.per_sample_error(model, batch.x0, batch.cond, t, noise, self.objective.sigma_min)
 
-    def _reference_errors(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Errors of the reference (this network with the adapter off) on ``rows``, no gradient; 0 elsewhere."""
-        ref = torch.zeros(t.shape[0], device=self.device)
-        if bool(rows.any()):
-            with torch.no_grad(), self.model.disable_adapter():
+    def _reference_errors(
+        self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Errors of the reference (this network with the adapter off), no gradient: on every row, or only on
+        ``rows`` (0 elsewhere) so that DRO's anchor pays for its unstable half alone."""
+        with torch.no_grad(), self.model.disable_adapter():
+            if rows is None:
+                return self._errors(batch, t, noise).float()
+            ref = torch.zeros(t.shape[0], device=self.device)
+            if bool(rows.any()):
                 ref[rows] = self._errors(batch.rows(rows), t[rows], noise[rows]).float()
-        return ref
+            return ref
 
     def loss(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The configured objective on one batch; t and noise come from the tuner's own RNG."""
@@ -140,7 +145,7 @@ class FineTuner:
             elif o.name == "dro_paired":
                 loss = dro_paired_loss(err[:half], err[half:])
             else:  # dpo: the reference is the same network with the adapter switched off
-                ref = self._reference_errors(batch, t, noise, rows=torch.ones_like(batch.stable))
+                ref = self._reference_errors(batch, t, noise)
                 loss = dpo_loss(err[:half], err[half:], ref[:half], ref[half:], o.dpo_beta)
         return loss, metrics
 
