@@ -413,6 +413,36 @@ class ExperimentSettings(Section):
     torch_threads: int = Field(1, ge=0)  # intra-op threads (0: torch default); 1 avoids oversubscription on shared cores
 
 
+class CanarySettings(Section):
+    """The canary role: every published candidate is scored on a fixed probe set before it may be promoted.
+
+    Probe = the first ``prompts`` held-out prompts x ``seeds`` fixed seeds; the base model's samples at the
+    same prompts and seeds are the reference of the paired drift. Without a canary (``enabled: false``)
+    every publish is promoted at once.
+    """
+
+    enabled: bool = True
+    prompts: int = Field(16, ge=1)  # held-out prompts in the probe set
+    seeds: int = Field(4, ge=2)  # fixed seeds per probe prompt (>= 2: diversity is measured across seeds)
+    seed: int = Field(9_000_000, ge=0)  # probe sample j of prompt p uses seed + p * seeds + j
+    min_interval_s: float = Field(30.0, ge=0)  # at most one candidate scored per interval (CPU budget); newer ones supersede older
+    surface_points: int = Field(1024, ge=64)  # points per mesh for the Chamfer distances
+    icp_iterations: int = Field(20, ge=1)  # alignment to ground truth (paired drift and diversity need none)
+    num_cpus: float = Field(0.25, gt=0)  # Ray CPUs of the canary actor
+    device: str = "cpu"
+
+
+class GateSettings(Section):
+    """Promotion bounds a candidate must meet, measured by the canary (see dso/evaluate/gate.py)."""
+
+    max_chamfer_ratio: float = Field(1.05, gt=0)  # candidate / base Chamfer to ground truth on the probe set
+    max_paired_drift_ratio: float = Field(1.5, gt=0)  # paired drift / the base's own seed-to-seed diversity
+    max_footprint_ratio: float = Field(1.3, gt=0)  # candidate / base footprint of the lowest layers ("wide plate")
+    min_diversity_ratio: float = Field(0.5, ge=0)  # candidate / base diversity (collapse guard)
+    stability_z: float = Field(1.64, ge=0)  # refuse when % stable is below the promoted one's by z standard errors
+    rollback: bool = True  # the learner goes back to the promoted adapter when a candidate is refused
+
+
 class ApiSettings(Section):
     """HTTP API (dso.api) and the Prometheus endpoints of every loop process (dso.telemetry)."""
 
@@ -482,6 +512,8 @@ class Settings(Section):
     experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
     loop: LoopSettings = Field(default_factory=LoopSettings)  # the online loop (dso.actors, dso.jobs)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # web console + sample endpoints (dso.api)
+    canary: CanarySettings = Field(default_factory=CanarySettings)  # scores every candidate adapter
+    gate: GateSettings = Field(default_factory=GateSettings)  # which candidates are promoted
 
 
 ENV_PREFIX = "DSO__"

@@ -13,6 +13,7 @@ from dso.broker.adapter_store import AdapterStore
 from dso.broker.admission import AdmissionControl
 from dso.broker.keys import KeySpace
 from dso.broker.prompts import PromptStore
+from dso.broker.promotion import PromotionStore
 from dso.broker.registry import AdapterRegistry
 from dso.broker.replay import ReplayBuffer
 from dso.broker.server import BrokerConnection, connect
@@ -35,6 +36,7 @@ class Broker:
     adapters: AdapterStore  # files; announces to ``registry``
     admission: AdmissionControl
     stats: StatsStore
+    promotion: PromotionStore  # canary scores and the promoted version generators follow
 
     @property
     def url(self) -> str:
@@ -71,6 +73,7 @@ class Broker:
             adapters=AdapterStore(settings.resolved_adapter_store_dir, notifier=registry),
             admission=AdmissionControl([samples, labelled], settings.max_backlog),
             stats=StatsStore(client, keys, settings, queues=[samples, labelled], registry=registry),
+            promotion=PromotionStore(client, keys),
         )
 
     def close(self) -> None:

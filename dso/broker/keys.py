@@ -53,6 +53,16 @@ class KeySpace:
     def adapter_channel(self) -> str:
         return self.key("adapters", "channel")
 
+    # promotion (canary scores, the promoted pointer)
+    def adapter_promoted(self) -> str:
+        return self.key("adapters", "promoted")
+
+    def adapter_canary(self) -> str:
+        return self.key("adapters", "canary")
+
+    def promoted_channel(self) -> str:
+        return self.key("adapters", "promoted", "channel")
+
     # stats
     def stats(self, *parts: str | int) -> str:
         return self.key("stats", *parts)
