@@ -45,7 +45,10 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 LABELLED_RESULTS = ("stable", "unstable", "invalid", "error")
-COMPONENTS = ("generator", "simulator", "learner", "api")
+COMPONENTS = ("generator", "simulator", "learner", "canary", "api")
+# canary scores exported as dso_canary_<name> gauges (dso.broker.promotion.CanaryRecord.scores keys)
+CANARY_SCORES = ("stable_ratio", "paired_drift", "chamfer", "fscore", "footprint_ratio", "diversity")
+DECISIONS = ("promoted", "refused", "superseded", "baseline")
 # simulator statuses (dso.sim Verdict.status) that mean "the input was not a usable object"
 INVALID_STATUSES = frozenset({"invalid_input"})
 
@@ -121,6 +124,20 @@ class LoopMetrics:
         )
         for kind in ("file", "archive"):
             self.adapter_downloads.labels(kind)
+        self.canary_scores = {
+            name: Gauge(f"dso_canary_{name}", f"Canary {name.replace('_', ' ')} of the latest scored adapter version.", **kw)
+            for name in CANARY_SCORES
+        }
+        self.canary_version = Gauge("dso_canary_version", "Adapter version the canary scored last.", **kw)
+        self.canary_decisions = Counter(
+            "dso_canary_decisions", "Promotion decisions on candidate adapters, by decision.", ["decision"], **kw
+        )
+        for decision in DECISIONS:
+            self.canary_decisions.labels(decision)
+        self.canary_duration = Histogram(
+            "dso_canary_duration_seconds", "Wall time the canary spent scoring one candidate.", buckets=GENERATION_BUCKETS, **kw
+        )
+        self.promoted_version = Gauge("dso_adapter_promoted_version", "Adapter version promoted to the fleet (0: base).", **kw)
 
     # --- recording helpers (the calls the loop makes) ---------------------------------
 
@@ -165,6 +182,21 @@ class LoopMetrics:
 
     def observe_publish_to_adopt(self, seconds: float) -> None:
         self.publish_to_adopt.observe(max(0.0, seconds))
+
+    def observe_canary(self, version: int, decision: str, scores: Mapping[str, float], seconds: float, promoted: int) -> None:
+        """One canary decision: its scores (by CANARY_SCORES name), the decision and the promoted version after it."""
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+        self.canary_decisions.labels(decision).inc()
+        if decision in ("superseded",):
+            return
+        self.canary_version.set(version)
+        for name, gauge in self.canary_scores.items():
+            value = scores.get(name)
+            if value is not None:
+                gauge.set(float(value))
+        self.canary_duration.observe(max(0.0, seconds))
+        self.promoted_version.set(promoted)
 
 
 def _field(obj: Any, name: str, default: Any) -> Any:
@@ -225,6 +257,10 @@ def observe_staleness(versions: Iterable[int]) -> None:
 
 def observe_publish_to_adopt(seconds: float) -> None:
     METRICS.observe_publish_to_adopt(seconds)
+
+
+def observe_canary(version: int, decision: str, scores: Mapping[str, float], seconds: float, promoted: int) -> None:
+    METRICS.observe_canary(version, decision, scores, seconds, promoted)
 
 
 # --- the scrape endpoint of a loop process ---------------------------------------------

@@ -20,7 +20,7 @@ from dso.config import LoraSettings, ObjectiveSettings, Settings, TrainSettings
 from dso.learner import flow_matching as fm
 from dso.learner.checkpoint import load_checkpoint, save_checkpoint
 from dso.learner.objectives import anchored_dro_loss, dpo_loss, dro_loss, dro_paired_loss, sft_loss
-from dso.models.lora import attach_lora, save_adapter
+from dso.models.lora import attach_lora, live_lora_parameters, load_adapter_weights, save_adapter
 
 PAIRED_OBJECTIVES = ("dpo", "dro_paired")
 CHECKPOINT_FILE = "trainer.ckpt"
@@ -178,6 +178,24 @@ class FineTuner:
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         return _LoraState(self.model).state_dict()
+
+    def restore(self, adapter_dir: Path | None) -> None:
+        """Roll the adapter back to a published one (``None``: the base model, B = 0) and forget the
+        optimiser's moments, which belong to the abandoned trajectory. The step count goes on."""
+        live = live_lora_parameters(self.model)
+        with torch.no_grad():
+            if adapter_dir is None:
+                for key, param in live.items():
+                    if "lora_B" in key:
+                        param.zero_()
+            else:
+                weights = load_adapter_weights(adapter_dir)
+                missing = sorted(set(live) - set(weights))
+                if missing:
+                    raise KeyError(f"adapter {adapter_dir} lacks LoRA keys of the model: {missing[:5]}")
+                for key, param in live.items():
+                    param.copy_(weights[key].to(param.device, param.dtype))
+        self.optimizer.state.clear()
 
 
 def _mean_where(x: torch.Tensor, mask: torch.Tensor) -> float:
