@@ -75,8 +75,9 @@ def test_stats_report_rates_throughput_queues_and_learner(broker: Broker) -> Non
         stats = client.get("/v1/stats").json()
     assert stats["totals"]["stability_rate"] == 0.75 and stats["totals"]["invalid"] == 1
     assert stats["window"]["stability_rate"] == 0.75 and stats["by_version"]["0"]["labelled"] == 5
-    window_s = stats["window"]["seconds"]
-    assert stats["throughput"]["generated_per_s"] == pytest.approx(6 / window_s)
+    assert stats["throughput"]["labelled_per_s"] == stats["window"]["labelled_per_s"]
+    assert stats["throughput"]["generated_per_s"] == stats["window"]["generated_per_s"]
+    assert stats["window"]["labelled_seconds"] < stats["window"]["seconds"]  # covered, not configured
     assert stats["learner"]["step"] == 12 and stats["learner"]["loss"] == 0.25
     assert stats["queues"]["samples"]["length"] == 1 and stats["queues"]["samples"]["lag"] == 1
     assert stats["dead_letters"] == 0 and stats["prompts_active"] == 0

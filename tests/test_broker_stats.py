@@ -64,6 +64,53 @@ def test_window_drops_events_older_than_its_span(
     assert (window["labelled"], window["stable"], window["generated"]) == (1, 1, 0)
 
 
+def _clock(monkeypatch: pytest.MonkeyPatch, start: float) -> list[float]:
+    """A settable clock for dso.broker.stats, so events can be spread over seconds without sleeping."""
+    import types
+
+    import dso.broker.stats as stats_module
+
+    now = [start]
+    monkeypatch.setattr(stats_module, "time", types.SimpleNamespace(time=lambda: now[0]))
+    return now
+
+
+def test_rates_divide_by_the_time_the_window_covers(
+    redis_client: redis.Redis, broker_settings: BrokerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 10 s old run labelling 6/s reports 6/s, not 60 / stats_window_seconds (the 300 s bug)."""
+    stats, _, _ = make_stats(redis_client, broker_settings)
+    now = _clock(monkeypatch, 1000.0)
+    for k in range(61):  # one verdict every 1/6 s, for 10 s
+        now[0] = 1000.0 + k / 6
+        stats.record_labelled({"stable": True}, adapter_version=0)
+        if k % 3 == 0:  # a batch of 3 every 0.5 s
+            stats.record_generated(0, count=3)
+    now[0] = 1010.0
+    window = stats.snapshot()["window"]
+    assert window["labelled_per_s"] == pytest.approx(6.0) and window["labelled_seconds"] == pytest.approx(10.0)
+    assert window["generated_per_s"] == pytest.approx(6.0)
+    now[0] = 1000.0 + broker_settings.stats_window_seconds + 10.0  # stopped: the window is full length, rate decays
+    window = stats.snapshot()["window"]
+    assert window["labelled_seconds"] == pytest.approx(broker_settings.stats_window_seconds)
+    assert window["labelled_per_s"] < 6.0 / 10
+    now[0] += broker_settings.stats_window_seconds
+    assert stats.snapshot()["window"]["labelled_per_s"] == 0.0
+
+
+def test_rates_when_the_event_cap_drops_older_events(
+    redis_client: redis.Redis, tmp_path: Path, valkey_server: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    settings = make_settings(tmp_path, redis_url=valkey_server.url, stats_window_samples=10)
+    stats, _, _ = make_stats(redis_client, settings)
+    now = _clock(monkeypatch, 1000.0)
+    for k in range(61):
+        now[0] = 1000.0 + k / 6
+        stats.record_labelled({"stable": True}, adapter_version=0)
+    window = stats.snapshot()["window"]
+    assert window["labelled_per_s"] == pytest.approx(6.0) and window["labelled_seconds"] == pytest.approx(1.5)
+
+
 def test_learner_queue_depths_and_staleness(redis_client: redis.Redis, broker_settings: BrokerSettings) -> None:
     stats, queue, registry = make_stats(redis_client, broker_settings)
     stats.record_learner(step=10, loss=0.8, version=2)

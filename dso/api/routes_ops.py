@@ -28,7 +28,6 @@ def _stats(ctx: ApiContext) -> StatsResponse:
     broker = ctx.broker
     snapshot = broker.stats.snapshot()
     window = snapshot["window"]
-    seconds = float(window["seconds"])
     dead = int(broker.samples.client.xlen(broker.samples.dead_key))
     return StatsResponse(
         time=snapshot["time"],
@@ -36,9 +35,7 @@ def _stats(ctx: ApiContext) -> StatsResponse:
         totals=snapshot["totals"],
         window=window,
         by_version={str(v): counts for v, counts in snapshot["by_version"].items()},
-        throughput=Throughput(
-            generated_per_s=window["generated"] / seconds, labelled_per_s=window["labelled"] / seconds
-        ),
+        throughput=Throughput(generated_per_s=window["generated_per_s"], labelled_per_s=window["labelled_per_s"]),
         learner=snapshot["learner"],
         queues=snapshot["queues"],
         dead_letters=dead,

@@ -123,11 +123,15 @@ class WindowCounts(VerdictCounts):
     seconds: float = Field(description="... no older than this")
     staleness_mean: float | None = Field(None, description="mean of current version - sample's version")
     staleness_max: int | None = None
+    generated_per_s: float = Field(0.0, description="samples generated per second over generated_seconds")
+    labelled_per_s: float = Field(0.0, description="samples labelled per second over labelled_seconds")
+    generated_seconds: float = Field(0.0, description="time the window's generation events cover (<= seconds)")
+    labelled_seconds: float = Field(0.0, description="time the window's verdict events cover (<= seconds)")
 
 
 class Throughput(BaseModel):
-    generated_per_s: float = Field(description="samples generated per second over the window")
-    labelled_per_s: float = Field(description="samples labelled per second over the window")
+    generated_per_s: float = Field(description="samples generated per second over the time the window covers")
+    labelled_per_s: float = Field(description="samples labelled per second over the time the window covers")
 
 
 class LearnerStats(BaseModel):

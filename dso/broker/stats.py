@@ -6,6 +6,13 @@ unstable, invalid. A sliding window over the most recent events (capped lists of
 those younger than ``stats_window_seconds`` count) gives the *current* stability
 rate, which is what a dashboard should plot while the adapter improves.
 
+Rates (``generated_per_s``, ``labelled_per_s``) divide the events of the window by
+the time the window actually covers, not by ``stats_window_seconds``: from the
+window's start, or from the oldest event still held when the run is younger than
+the window or the event cap dropped older ones (that oldest event only marks the
+start and is not counted: its work was done before its time stamp), to now. A run
+of 10 s labelling 6/s reports 6/s, not 60 / 300 s; a stopped loop decays to 0.
+
 Stability rate = stable / (stable + unstable): verdicts the simulator could not
 give (invalid input, sim error, timeout) are counted as ``invalid`` and reported
 as their own rate, not folded into either class.
@@ -45,6 +52,21 @@ def classify_verdict(verdict: Mapping[str, Any] | Any) -> str:
 
 def _rate(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
+
+
+def _per_second(stamps_counts: Sequence[tuple[float, int]], cutoff: float, now: float) -> tuple[float, float]:
+    """(events per second, seconds covered) over the part of ``(stamp, count)`` events the window covers.
+
+    The window starts at ``cutoff`` or at the oldest event held, whichever is later;
+    an event at that start is the boundary and is not counted (see the module docstring).
+    """
+    if not stamps_counts:
+        return 0.0, max(0.0, now - cutoff)
+    start = max(cutoff, min(stamp for stamp, _ in stamps_counts))
+    covered = now - start
+    if covered <= 0:
+        return 0.0, 0.0
+    return sum(count for stamp, count in stamps_counts if stamp > start) / covered, covered
 
 
 def _with_rates(counts: Mapping[str, int]) -> dict[str, Any]:
@@ -143,7 +165,7 @@ class StatsStore:
             "current_version": current,
             "totals": self._totals(totals_raw),
             "by_version": by_version,
-            "window": self._window(labelled_events, generated_events, cutoff, current),
+            "window": self._window(labelled_events, generated_events, cutoff, current, now),
             "learner": learner,
             "queues": {queue.name: queue.depth().as_dict() for queue in self.queues},
         }
@@ -169,7 +191,12 @@ class StatsStore:
         return {v: _with_rates(self._decode_counts(raw)) for v, raw in zip(versions, pipe.execute(), strict=True)}
 
     def _window(
-        self, labelled_events: list[bytes], generated_events: list[bytes], cutoff: float, current: int | None
+        self,
+        labelled_events: list[bytes],
+        generated_events: list[bytes],
+        cutoff: float,
+        current: int | None,
+        now: float,
     ) -> dict[str, Any]:
         counts = dict.fromkeys(COUNTERS, 0)
         staleness: list[int] = []
@@ -189,6 +216,13 @@ class StatsStore:
         out = _with_rates(counts)
         out["samples"] = self.window_samples
         out["seconds"] = self.window_seconds
+        labelled_per_s, out["labelled_seconds"] = _per_second(
+            [(float(e.split(b",")[0]), 1) for e in labelled_events], cutoff, now
+        )
+        generated_per_s, out["generated_seconds"] = _per_second(
+            [(float(e.split(b",")[0]), int(e.split(b",")[2])) for e in generated_events], cutoff, now
+        )
+        out["labelled_per_s"], out["generated_per_s"] = labelled_per_s, generated_per_s
         out["staleness_mean"] = sum(staleness) / len(staleness) if staleness else None
         out["staleness_max"] = max(staleness) if staleness else None
         return out
