@@ -51,7 +51,7 @@ def _rss_bytes() -> int:
 
 OBJECTIVES = {  # bench name -> ObjectiveSettings fields
     "dro": {"name": "dro"},
-    "dro-unanchored": {"name": "dro", "dro_anchor": "none"},
+    "dro-eq5": {"name": "dro_eq5"},
     "dpo": {"name": "dpo"},
 }
 LABELS = {"dro": "DRO", "dro-unanchored": "DRO, unanchored (Eq. 5)", "dpo": "DPO"}

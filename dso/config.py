@@ -246,18 +246,24 @@ class PretrainSettings(Section):
 
 
 class ObjectiveSettings(Section):
-    """Training objectives (dso.learner.objectives): DRO (default), DPO, SFT."""
+    """Training objectives (dso/learner/objectives/, one module each): DRO (default), its variants, DPO, SFT."""
 
-    name: Literal["dro", "dro_paired", "dpo", "sft"] = "dro"
+    name: Literal["dro", "dro_trust", "dro_eq5", "dro_paired", "dpo", "sft"] = "dro"
     dpo_beta: float = 500.0  # paper, Sec. 4
-    # DRO's push on unstable samples: "reference" stops it once a sample's error is dro_margin (relative) above
-    # the adapter-off reference's at the same t and noise (a trust region; one gradient-free pass over the
-    # unstable rows); "none" is the paper's Eq. 5, bounded only by dro_unstable_cap. docs/results.md compares them.
-    dro_anchor: Literal["reference", "none"] = "reference"
+    # dro: the push on an unstable sample stops once its error is dro_margin (relative) above the adapter-off
+    # reference's at the same t and noise (one gradient-free pass over the unstable rows).
     dro_margin: float = Field(0.05, ge=0.0)
-    # anchor "none": the unstable half's error is capped so the loss is bounded below even for an
-    # all-unstable batch (velocity MSE of a trained model is ~0.1-1).
+    # dro_eq5 (the paper's Eq. 5): the unstable half's error is capped so the loss is bounded below even for
+    # an all-unstable batch (velocity MSE of a trained model is ~0.1-1).
     dro_unstable_cap: float = 2.0
+    # dro_trust: slope of the two-sided sigmoid over (reference error - policy error); 0.5 * dpo_beta matches
+    # DPO's scale of a one-sample margin.
+    trust_beta: float = Field(250.0, gt=0.0)
+    # Any objective: lambda of mean ||v_theta - v_ref||^2 on every row (0: off). Holds the online loop near
+    # the reference: a round of training on the policy's own samples settles, it does not compound.
+    tether: float = Field(0.0, ge=0.0)
+    # Any objective: publish an exponential moving average of the adapter with this decay per step (None: off).
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     # Score the velocity the sampler follows (CFG with sampler.cfg_strength / cfg_interval) rather than the
     # conditional branch alone: fitting the conditional branch to CFG samples makes sampling guide twice.
     guided: bool = True
@@ -404,7 +410,7 @@ class EvalSettings(Section):
 class ExperimentSettings(Section):
     """`dso experiment`: base vs SFT vs DPO vs DRO on the same labelled data and step budget."""
 
-    objectives: list[Literal["sft", "dpo", "dro", "dro_paired"]] = Field(default_factory=lambda: ["sft", "dpo", "dro"])
+    objectives: list[Literal["sft", "dpo", "dro", "dro_trust", "dro_eq5", "dro_paired"]] = Field(default_factory=lambda: ["sft", "dpo", "dro"])
     steps: int = Field(300, ge=1)  # per objective (sized for a 2-core CPU: the whole experiment in ~20 min)
     eval_every: int = Field(50, ge=1)  # evaluate the adapter every this many steps (curves)
     output_dir: Path = Path("runs/experiment")
@@ -428,6 +434,13 @@ class CanarySettings(Section):
     min_interval_s: float = Field(30.0, ge=0)  # at most one candidate scored per interval (CPU budget); newer ones supersede older
     surface_points: int = Field(1024, ge=64)  # points per mesh for the Chamfer distances
     icp_iterations: int = Field(20, ge=1)  # alignment to ground truth (paired drift and diversity need none)
+    fscore_tau: float = Field(0.05, gt=0)  # F-score@tau to ground truth, as the held-out evaluation
+    base_layers: int = Field(2, ge=1)  # voxel layers counted as the base for the footprint ("wide plate") check
+    # Chamfer between an empty sample and a non-empty one (no surface to measure): about the distance of two
+    # unrelated shapes in the unit cube, so an empty output counts as a large drift / a different sample
+    empty_distance: float = Field(0.5, gt=0)
+    batch_prompts: int = Field(8, ge=1)  # probe prompts per generator forward batch (x seeds samples each)
+    poll_s: float = Field(1.0, gt=0)  # the actor waits up to this long for a publish (bounds its stop latency)
     num_cpus: float = Field(0.25, gt=0)  # Ray CPUs of the canary actor
     device: str = "cpu"
 
@@ -450,6 +463,7 @@ class ApiSettings(Section):
     port: int = Field(8000, ge=0, le=65535)
     max_upload_bytes: int = Field(16 * 1024 * 1024, gt=0)  # per image; keep <= broker.prompt_max_bytes
     max_image_pixels: int = Field(4096 * 4096, gt=0)  # width * height, checked from the header before decoding
+    min_image_side: int = Field(16, ge=1)  # narrower or shorter images hold no shape to condition on: refused (422)
     max_files_per_request: int = Field(16, ge=1)
     multipart_overhead_bytes: int = Field(64 * 1024, ge=0)  # boundaries + part headers allowed on top of the files
     image_formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG", "WEBP"])  # Pillow format names

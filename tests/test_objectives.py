@@ -5,7 +5,40 @@ import math
 import torch
 
 from dso.learner import flow_matching as fm
-from dso.learner.objectives import anchored_dro_loss, dpo_loss, dro_loss, dro_paired_loss, sft_loss
+import pytest
+
+from dso.config import ObjectiveSettings
+from dso.learner.objectives import OBJECTIVES, BatchKind, ReferenceRows, Terms, build_objective
+
+
+def _core(name: str, **settings):
+    return OBJECTIVES[name](ObjectiveSettings(name=name, **settings)).core
+
+
+def dro_loss(err, stable, unstable_cap):
+    return _core("dro_eq5", dro_unstable_cap=unstable_cap)(Terms(err, stable))
+
+
+def anchored_dro_loss(err, stable, ref_err, margin):
+    return _core("dro", dro_margin=margin)(Terms(err, stable, ref_err=ref_err))
+
+
+def dro_paired_loss(err_w, err_l):
+    stable = torch.cat([torch.ones_like(err_w), torch.zeros_like(err_l)]).bool()
+    return _core("dro_paired")(Terms(torch.cat([err_w, err_l]), stable))
+
+
+def dpo_loss(err_w, err_l, ref_w, ref_l, beta):
+    stable = torch.cat([torch.ones_like(err_w), torch.zeros_like(err_l)]).bool()
+    return _core("dpo", dpo_beta=beta)(Terms(torch.cat([err_w, err_l]), stable, ref_err=torch.cat([ref_w, ref_l])))
+
+
+def sft_loss(err, stable):
+    return _core("sft")(Terms(err, stable))
+
+
+def trust_loss(err, stable, ref_err, beta=100.0):
+    return _core("dro_trust", trust_beta=beta)(Terms(err, stable, ref_err=ref_err))
 
 
 def test_dro_lowers_stable_error_and_raises_unstable():
@@ -118,3 +151,72 @@ def test_logit_normal_t_mass_at_noisy_end():
     t = fm.sample_t(20000, mean=1.0, std=1.0, generator=g)
     assert (t > 0).all() and (t < 1).all()
     assert 0.68 < t.median().item() < 0.78  # sigmoid(1) = 0.731
+
+
+# --- the contract: needs declared per objective, the stabilisers folded in ---------------
+
+
+def test_each_objective_declares_its_needs():
+    needs = {name: cls.base_needs for name, cls in OBJECTIVES.items()}
+    assert needs["dpo"].batch == BatchKind.pairs and needs["dpo"].reference == ReferenceRows.all
+    assert needs["dro"].batch == BatchKind.balanced and needs["dro"].reference == ReferenceRows.unstable
+    assert needs["dro_eq5"].reference == ReferenceRows.none and needs["sft"].batch == BatchKind.stable_only
+    tethered = build_objective(ObjectiveSettings(name="dro_eq5", tether=0.5, ema_decay=0.9)).needs
+    assert tethered.reference == ReferenceRows.all and tethered.velocities and tethered.ema
+
+
+def test_unknown_objective_is_a_clear_error():
+    settings = ObjectiveSettings.model_construct(name="nope")
+    with pytest.raises(ValueError, match="unknown objective 'nope'"):
+        build_objective(settings)
+
+
+# --- two-sided trust region (dro_trust) ------------------------------------------------
+
+
+def test_trust_region_gradient_signs():
+    ref = torch.full((4,), 0.5)
+    err = torch.tensor([0.5, 0.5, 0.5, 0.5], requires_grad=True)
+    stable = torch.tensor([True, True, False, False])
+    trust_loss(err, stable, ref).backward()
+    assert (err.grad[:2] > 0).all(), "stable errors must decrease under descent"
+    assert (err.grad[2:] < 0).all(), "unstable errors must increase under descent"
+
+
+def test_trust_region_both_halves_saturate():
+    ref = torch.full((4,), 0.5)
+    stable = torch.tensor([True, True, False, False])
+    # stable rows far better than the reference, unstable rows far worse: both sides are done
+    err = torch.tensor([0.1, 0.1, 2.0, 2.0], requires_grad=True)
+    loss = trust_loss(err, stable, ref, beta=100.0)
+    loss.backward()
+    assert err.grad.abs().max() < 1e-6
+    assert loss.item() < 1e-6
+    # and the loss is bounded for any errors: each half lies in [0, 1]
+    wild = torch.tensor([1e6, -1e6, 1e6, -1e6])
+    assert 0.0 <= trust_loss(wild, stable, ref).item() <= 1.0
+
+
+# --- velocity tether ----------------------------------------------------------------------
+
+
+def test_tether_is_zero_at_the_reference_and_pulls_toward_it():
+    settings = ObjectiveSettings(name="dro", tether=2.0)
+    objective = build_objective(settings)
+    pred = torch.randn(3, 2, 4, requires_grad=True)
+    stable = torch.tensor([True, False, True])
+    terms = Terms(err=torch.zeros(3), stable=stable, ref_err=torch.zeros(3), pred=pred, ref_pred=pred.detach().clone())
+    loss, parts = objective.loss(terms)
+    assert parts["tether"] == 0.0
+    ref_pred = torch.zeros(3, 2, 4)
+    pred2 = torch.ones(3, 2, 4, requires_grad=True)
+    loss, parts = objective.loss(Terms(err=torch.zeros(3), stable=stable, ref_err=torch.zeros(3), pred=pred2, ref_pred=ref_pred))
+    assert parts["tether"] == pytest.approx(1.0)
+    loss.backward()
+    assert (pred2.grad > 0).all(), "descent must move the velocity back toward the reference"
+
+
+def test_tether_without_velocities_is_refused():
+    objective = build_objective(ObjectiveSettings(name="dro", tether=1.0))
+    with pytest.raises(ValueError, match="no velocities"):
+        objective.loss(Terms(err=torch.zeros(2), stable=torch.tensor([True, False]), ref_err=torch.zeros(2)))

@@ -17,6 +17,16 @@ def _flow():
     return SparseStructureFlowModel.from_settings(s)
 
 
+def _live_flow():
+    """A flow whose zero-initialised output layers are perturbed, so the adapter's gradients are not zero."""
+    flow = _flow()
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return flow
+
+
 def _batch(n=8, paired=False):
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(n, 8, 8, 8, 8, generator=g)
@@ -39,7 +49,7 @@ def test_dro_separates_stable_from_unstable():
 
 
 def test_plain_dro_without_anchor_or_guidance_still_trains():
-    tuner = FineTuner(_flow(), LoraSettings(r=4, alpha=8), ObjectiveSettings(name="dro", dro_anchor="none"), TrainSettings(lr=1e-3, warmup_steps=1))
+    tuner = FineTuner(_flow(), LoraSettings(r=4, alpha=8), ObjectiveSettings(name="dro_eq5"), TrainSettings(lr=1e-3, warmup_steps=1))
     m = tuner.train_step(_batch())
     assert math.isfinite(m["loss"])
 
@@ -88,7 +98,7 @@ def test_paired_objective_rejects_unpaired_batch():
         tuner.train_step(b)
 
 
-@pytest.mark.parametrize("name", ["dro", "dpo", "sft", "dro_paired"])
+@pytest.mark.parametrize("name", ["dro", "dro_trust", "dro_eq5", "dpo", "sft", "dro_paired"])
 def test_every_objective_steps(name):
     m = _tuner(name).train_step(_batch())
     assert math.isfinite(m["loss"]) and m["step"] == 1
@@ -113,3 +123,31 @@ def test_resume_is_bit_exact(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_tethered_dro_starts_with_zero_tether_and_reports_it():
+    tuner = FineTuner(_live_flow(), LoraSettings(r=4, alpha=8), ObjectiveSettings(name="dro", tether=1.0), TrainSettings(lr=1e-3, warmup_steps=1))
+    first = tuner.train_step(_batch())
+    assert first["tether"] == 0.0  # a fresh adapter (B = 0) is the reference
+    second = tuner.train_step(_batch())
+    assert second["tether"] > 0.0
+
+
+def test_ema_is_published_and_resumes(tmp_path):
+    from dso.models.lora import live_lora_parameters, load_adapter_weights
+
+    settings = ObjectiveSettings(name="dro", ema_decay=0.5)
+    tuner = FineTuner(_live_flow(), LoraSettings(r=4, alpha=8), settings, TrainSettings(lr=1e-2, warmup_steps=1))
+    for _ in range(3):
+        tuner.train_step(_batch())
+    tuner.save(tmp_path / "a")
+    published = load_adapter_weights(tmp_path / "a" / "adapter")
+    live = live_lora_parameters(tuner.model)
+    key = next(k for k in live if "lora_B" in k)
+    assert torch.equal(published[key], tuner.ema.shadow[key])
+    assert not torch.equal(published[key], live[key].detach())  # the average lags the live weights
+    again = FineTuner(_live_flow(), LoraSettings(r=4, alpha=8), settings, TrainSettings(lr=1e-2, warmup_steps=1))
+    again.load(tmp_path / "a")
+    assert torch.equal(again.ema.shadow[key], tuner.ema.shadow[key])
+    again.restore(None)  # a rollback to the base resets the average too
+    assert float(again.ema.shadow[key].abs().sum()) == 0.0

@@ -99,9 +99,9 @@ def plot_samples(prompts: Sequence[Prompt], grids: dict[str, HeldoutSamples], se
 
 def _dro_push(s: Settings) -> str:
     o = s.objective
-    if o.dro_anchor == "reference":
-        return f"DRO push anchored to the reference (stops {100 * o.dro_margin:g} % above its error)"
-    return f"DRO unanchored (Eq. 5), unstable-error cap {o.dro_unstable_cap:g}"
+    tether = f", velocity tether {o.tether:g}" if o.tether > 0 else ""
+    ema = f", EMA {o.ema_decay:g}" if o.ema_decay is not None else ""
+    return f"DRO push anchored to the reference (stops {100 * o.dro_margin:g} % above its error){tether}{ema}"
 
 
 def _guidance(s: Settings) -> str:

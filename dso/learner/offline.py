@@ -32,7 +32,8 @@ from torch import nn
 from dso.config import LoraSettings, ObjectiveSettings, Settings, TrainSettings
 from dso.learner import flow_matching as fm
 from dso.learner.dataset import OfflineDataset
-from dso.learner.trainer import PAIRED_OBJECTIVES, FineTuner, TrainBatch, training_guidance
+from dso.learner.objectives import OBJECTIVES, BatchKind
+from dso.learner.trainer import FineTuner, TrainBatch, training_guidance
 from dso.models.factory import load_stage_one, resolve_device
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -74,14 +75,15 @@ class BatchPlanner:
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.stable_rows = dataset.stable_rows()
         self.unstable_rows = dataset.unstable_rows()
-        self.groups = dataset.pair_groups() if objective in PAIRED_OBJECTIVES else []
+        self.kind = OBJECTIVES[objective].base_needs.batch
+        self.groups = dataset.pair_groups() if self.kind == BatchKind.pairs else []
         self._check(dataset)
 
     def _check(self, dataset: OfflineDataset) -> None:
         need = {
-            "sft": [("stable", len(self.stable_rows))],
-            "dro": [("stable", len(self.stable_rows)), ("unstable", len(self.unstable_rows))],
-        }.get(self.objective, [("prompts with both a stable and an unstable sample", len(self.groups))])
+            BatchKind.stable_only: [("stable", len(self.stable_rows))],
+            BatchKind.balanced: [("stable", len(self.stable_rows)), ("unstable", len(self.unstable_rows))],
+        }.get(self.kind, [("prompts with both a stable and an unstable sample", len(self.groups))])
         for what, count in need:
             if count == 0:
                 raise DatasetTooSmallError(f"objective {self.objective!r} needs {what}, the dataset has none ({dataset.summary()})")
@@ -89,9 +91,9 @@ class BatchPlanner:
     def next(self) -> BatchPlan:
         half = self.batch_size // 2
         empty = np.zeros(0, dtype=np.int64)
-        if self.objective == "sft":
+        if self.kind == BatchKind.stable_only:
             return BatchPlan(self.rng.choice(self.stable_rows, self.batch_size), empty)
-        if self.objective == "dro":
+        if self.kind == BatchKind.balanced:
             return BatchPlan(self.rng.choice(self.stable_rows, half), self.rng.choice(self.unstable_rows, half))
         picks = self.rng.integers(0, len(self.groups), half)
         wins = np.array([self.rng.choice(self.groups[g][0]) for g in picks], dtype=np.int64)

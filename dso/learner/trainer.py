@@ -19,10 +19,10 @@ from torch import nn
 from dso.config import LoraSettings, ObjectiveSettings, Settings, TrainSettings
 from dso.learner import flow_matching as fm
 from dso.learner.checkpoint import load_checkpoint, save_checkpoint
-from dso.learner.objectives import anchored_dro_loss, dpo_loss, dro_loss, dro_paired_loss, sft_loss
+from dso.learner.objectives import Objective, ReferenceRows, Terms, build_objective
+from dso.models.sampler import noisy_latent, velocity_target
 from dso.models.lora import attach_lora, live_lora_parameters, load_adapter_weights, save_adapter
 
-PAIRED_OBJECTIVES = ("dpo", "dro_paired")
 CHECKPOINT_FILE = "trainer.ckpt"
 ADAPTER_DIR = "adapter"
 
@@ -95,58 +95,69 @@ class FineTuner:
         self.optimizer = torch.optim.AdamW(self.params, lr=train.lr, weight_decay=train.weight_decay)
         self.generator = torch.Generator().manual_seed(train.seed)
         self.step = 0
+        self.loss_fn: Objective = build_objective(objective)
+        self.needs = self.loss_fn.needs
+        self.ema = AdapterEMA(self.model, objective.ema_decay) if self.needs.ema else None
 
     @property
     def paired(self) -> bool:
-        return self.objective.name in PAIRED_OBJECTIVES
+        return self.needs.paired
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to ``lr``, then constant (as in the paper's code)."""
         return self.train.lr * min(1.0, (step + 1) / max(1, self.train.warmup_steps))
 
-    def _errors(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def _velocity(self, batch: TrainBatch, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         model = self.guidance.wrap(self.network) if self.guidance else self.network
-        return fm.per_sample_error(model, batch.x0, batch.cond, t, noise, self.objective.sigma_min)
+        return model(x_t, t * fm.TIMESTEP_SCALE, batch.cond)
 
-    def _reference_errors(
-        self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor, rows: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Errors of the reference (this network with the adapter off), no gradient: on every row, or only on
-        ``rows`` (0 elsewhere) so that DRO's anchor pays for its unstable half alone."""
-        with torch.no_grad(), self.model.disable_adapter():
-            if rows is None:
-                return self._errors(batch, t, noise).float()
-            ref = torch.zeros(t.shape[0], device=self.device)
-            if bool(rows.any()):
-                ref[rows] = self._errors(batch.rows(rows), t[rows], noise[rows]).float()
-            return ref
+    def _reference(self, batch: TrainBatch, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Velocities of the reference (this network with the adapter off), no gradient, on ``rows`` only
+        (0 elsewhere), so an objective pays for the rows it asked for."""
+        ref = torch.zeros_like(x_t, dtype=torch.float32)
+        if bool(rows.any()):
+            with torch.no_grad(), self.model.disable_adapter():
+                ref[rows] = self._velocity(batch.rows(rows), x_t[rows], t[rows]).float()
+        return ref
+
+    def _errors(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Per-sample velocity error of the policy (the velocity the objective scores)."""
+        x_t = noisy_latent(batch.x0, noise, t, self.objective.sigma_min)
+        target = velocity_target(batch.x0, noise, self.objective.sigma_min).float()
+        return ((self._velocity(batch, x_t, t).float() - target) ** 2).flatten(1).mean(dim=1)
+
+    def _reference_errors(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Per-sample velocity error of the reference on ``rows`` (0 elsewhere), no gradient."""
+        x_t = noisy_latent(batch.x0, noise, t, self.objective.sigma_min)
+        target = velocity_target(batch.x0, noise, self.objective.sigma_min).float()
+        err = ((self._reference(batch, x_t, t, rows) - target) ** 2).flatten(1).mean(dim=1)
+        return torch.where(rows, err, torch.zeros_like(err))
 
     def loss(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The configured objective on one batch; t and noise come from the tuner's own RNG."""
-        o = self.objective
+        o, needs = self.objective, self.needs
         n = batch.x0.shape[0]
         t = fm.sample_t(n, o.t_logit_mean, o.t_logit_std, generator=self.generator).to(self.device)
         noise = torch.randn(batch.x0.shape, generator=self.generator).to(self.device, batch.x0.dtype)
-        if self.paired:
+        if needs.paired:
             # winners and losers of a pair share t and noise, as in Diffusion-DPO
             half = n // 2
             t = torch.cat([t[:half], t[:half]])
             noise = torch.cat([noise[:half], noise[:half]])
+        x_t = noisy_latent(batch.x0, noise, t, o.sigma_min)
+        target = velocity_target(batch.x0, noise, o.sigma_min).float()
         with autocast_context(self.train.autocast, self.device):
-            err = self._errors(batch, t, noise)
-            metrics = {"err_stable": _mean_where(err, batch.stable), "err_unstable": _mean_where(err, ~batch.stable)}
-            if o.name == "dro" and o.dro_anchor == "reference":
-                ref = self._reference_errors(batch, t, noise, rows=~batch.stable)
-                loss = anchored_dro_loss(err, batch.stable, ref, o.dro_margin)
-            elif o.name == "dro":
-                loss = dro_loss(err, batch.stable, o.dro_unstable_cap)
-            elif o.name == "sft":
-                loss = sft_loss(err, batch.stable)
-            elif o.name == "dro_paired":
-                loss = dro_paired_loss(err[:half], err[half:])
-            else:  # dpo: the reference is the same network with the adapter switched off
-                ref = self._reference_errors(batch, t, noise)
-                loss = dpo_loss(err[:half], err[half:], ref[:half], ref[half:], o.dpo_beta)
+            pred = self._velocity(batch, x_t, t).float()
+            err = ((pred - target) ** 2).flatten(1).mean(dim=1)
+            terms = Terms(err=err, stable=batch.stable)
+            if needs.reference != ReferenceRows.none:
+                rows = ~batch.stable if needs.reference == ReferenceRows.unstable else torch.ones_like(batch.stable)
+                ref_pred = self._reference(batch, x_t, t, rows)
+                terms.ref_err = torch.where(rows, ((ref_pred - target) ** 2).flatten(1).mean(dim=1), torch.zeros_like(err))
+                if needs.velocities:
+                    terms.pred, terms.ref_pred = pred, ref_pred
+            loss, parts = self.loss_fn.loss(terms)
+        metrics = {"err_stable": _mean_where(err, batch.stable), "err_unstable": _mean_where(err, ~batch.stable), **parts}
         return loss, metrics
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
@@ -161,6 +172,8 @@ class FineTuner:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.train.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         self.step += 1
         return {"loss": float(loss.item()), "grad_norm": float(grad_norm), "lr": self.lr_at(self.step - 1), "step": self.step, **metrics}
 
@@ -168,13 +181,20 @@ class FineTuner:
     def save(self, directory: Path) -> Path:
         """PEFT adapter files (loadable by stock PEFT) + optimiser, step and RNG for exact resume."""
         directory = Path(directory)
-        save_adapter(self.model, directory / ADAPTER_DIR)
-        save_checkpoint(directory / CHECKPOINT_FILE, self.step, {"lora": _LoraState(self.model)}, self.optimizer, self.generator)
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            save_adapter(self.model, directory / ADAPTER_DIR)  # the EMA is what gets published
+        save_checkpoint(directory / CHECKPOINT_FILE, self.step, self._state_modules(), self.optimizer, self.generator)
         return directory
 
     def load(self, directory: Path) -> int:
-        self.step = load_checkpoint(Path(directory) / CHECKPOINT_FILE, {"lora": _LoraState(self.model)}, self.optimizer, self.generator)
+        self.step = load_checkpoint(Path(directory) / CHECKPOINT_FILE, self._state_modules(), self.optimizer, self.generator)
         return self.step
+
+    def _state_modules(self) -> dict:
+        modules: dict = {"lora": _LoraState(self.model)}
+        if self.ema is not None:
+            modules["ema"] = self.ema
+        return modules
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         return _LoraState(self.model).state_dict()
@@ -195,7 +215,53 @@ class FineTuner:
                     raise KeyError(f"adapter {adapter_dir} lacks LoRA keys of the model: {missing[:5]}")
                 for key, param in live.items():
                     param.copy_(weights[key].to(param.device, param.dtype))
+        if self.ema is not None:
+            self.ema.reset()
         self.optimizer.state.clear()
+
+
+class AdapterEMA:
+    """An exponential moving average of the LoRA tensors: what generators sample from when it is on.
+
+    The published adapter moves by at most (1 - decay) of the live one's change per step, so one noisy
+    stretch of training cannot swing the fleet (DiffusionNFT's "old" policy)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.live = live_lora_parameters(model)
+        self.decay = decay
+        self.shadow = {k: p.detach().clone() for k, p in self.live.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for key, param in self.live.items():
+            self.shadow[key].lerp_(param.detach(), 1.0 - self.decay)
+
+    def reset(self) -> None:
+        """Start again from the live weights (after a rollback)."""
+        self.shadow = {k: p.detach().clone() for k, p in self.live.items()}
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Swap the average into the live parameters for the duration (saving the adapter)."""
+        backup = {k: p.detach().clone() for k, p in self.live.items()}
+        with torch.no_grad():
+            for key, param in self.live.items():
+                param.copy_(self.shadow[key])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for key, param in self.live.items():
+                    param.copy_(backup[key])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise KeyError(f"EMA checkpoint lacks LoRA keys: {sorted(missing)[:5]}")
+        self.shadow = {k: state[k].clone() for k in self.shadow}
 
 
 def _mean_where(x: torch.Tensor, mask: torch.Tensor) -> float:
