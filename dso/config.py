@@ -160,6 +160,9 @@ class SimSettings(Section):
     object_scale: float = Field(1.0, gt=0)  # metres spanned by the unit cube [-0.5, 0.5]^3 / mesh unit
     max_faces: int = Field(200_000, gt=0)  # larger meshes are rejected as invalid_input
     min_voxels: int = Field(2, ge=1)  # grids with fewer occupied voxels are specks, not objects
+    # larger grids (N^3, N > this) are rejected as invalid_input; a .npy is checked from its header, before
+    # reading (TRELLIS's grids are 64^3; 1000^3 would be 4 GB read to say it cannot be simulated)
+    max_grid_side: int = Field(256, ge=1)
     item_timeout_s: float = Field(30.0, gt=0)  # wall-clock limit per item (checked in the step loop)
     workers: int = Field(0, ge=0)  # batch process pool size; 0 -> one per CPU core
     coacd_threshold: float = Field(0.05, gt=0)  # CoACD concavity threshold

@@ -23,7 +23,7 @@ TOKEN = "tok-0123456789"
 
 def png() -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGBA", (8, 8), (200, 10, 10, 255)).save(buffer, format="PNG")
+    Image.new("RGBA", (16, 16), (200, 10, 10, 255)).save(buffer, format="PNG")  # api.min_image_side
     return buffer.getvalue()
 
 

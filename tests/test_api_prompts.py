@@ -57,11 +57,14 @@ def encoded(fmt: str, mode: str = "RGBA", size: tuple[int, int] = (48, 40), seed
     return buffer.getvalue()
 
 
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid, tiny PNG that declares width x height 1-bit pixels (all zero): a decompression bomb."""
+def png_bomb(width: int, height: int, rows: int | None = None) -> bytes:
+    """A valid, tiny PNG that declares width x height 1-bit pixels (all zero): a decompression bomb.
+
+    ``rows``: how many rows of data to actually include (default all; fewer makes a header-only bomb).
+    """
     row = b"\x00" + b"\x00" * ((width + 7) // 8)
     compressor = zlib.compressobj(9)
-    chunks = [compressor.compress(row * 1000) for _ in range(height // 1000)]
+    chunks = [compressor.compress(row * 1000) for _ in range((height if rows is None else rows) // 1000)]
     idat = b"".join(chunks) + compressor.flush()
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -118,6 +121,9 @@ REJECTIONS = {
     "text renamed png": ([("notes.png", b"this is not an image\n" * 20)], 415, "not a readable image"),
     "truncated png": ([("cut.png", encoded("PNG", size=(96, 96))[:-300])], 422, "corrupt image"),
     "pixel bomb": ([("bomb.png", png_bomb(20000, 20000))], 413, "decompression bomb"),
+    "huge pixel bomb": ([("bomb.png", png_bomb(100000, 100000, rows=0))], 413, f"more than the limit of {1024 * 1024}"),
+    "1x1 png": ([("dot.png", encoded("PNG", size=(1, 1)))], 422, "smaller than the minimum of 16 pixels a side"),
+    "thin png": ([("line.png", encoded("PNG", size=(200, 4)))], 422, "api.min_image_side"),
     "oversized file": ([("big.png", b"\x89PNG" + b"\x00" * (MAX_UPLOAD + 1))], 413, "larger than the limit"),
     "gif not accepted": ([("anim.gif", None)], 415, "GIF images are not accepted"),
     "empty file": ([("zero.png", b"")], 422, "is empty"),
@@ -139,6 +145,7 @@ def test_rejected_uploads_get_the_right_status_and_store_nothing(client: TestCli
         response = upload(client, ("good.png", good), *files) if case != "too many files" else upload(client, *files)
     assert response.status_code == status, response.text
     assert message in response.json()["detail"]
+    assert "Image size" not in response.json()["detail"]  # our documented limit, never Pillow's text
     assert stored_ids(broker) == []
 
 

@@ -50,6 +50,19 @@ def test_bad_input_reports_and_exits_nonzero(tmp_path):
     assert "STABLE" in lines[1]
 
 
+def test_huge_grid_is_refused_in_one_line_and_exits_nonzero(tmp_path):
+    """`dso simulate` on a 1000^3 .npy: refused from its header (not a 4 GB read), the rest still labelled."""
+    stands, _ = write_grids(tmp_path)
+    huge = tmp_path / "huge.npy"
+    with huge.open("wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "|b1", "fortran_order": False, "shape": (1000,) * 3})
+    result = CliRunner().invoke(app, ["simulate", str(huge), str(stands), "--workers", "1"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert "INVALID_INPUT" in lines[0] and "sim.max_grid_side" in lines[0]
+    assert "STABLE" in lines[1]
+
+
 def test_bad_config_is_a_usage_error(tmp_path):
     stands, _ = write_grids(tmp_path)
     config = tmp_path / "bad.yaml"

@@ -86,6 +86,33 @@ def test_unreadable_files(tmp_path):
     assert_invalid(simulate(broken), "broken.glb")
 
 
+def huge_npy_header(path, side: int) -> None:
+    """A .npy that declares a side^3 bool grid but holds only its header (so reading it would fail differently)."""
+    with path.open("wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "|b1", "fortran_order": False, "shape": (side,) * 3})
+
+
+def test_huge_grid_is_refused_from_the_npy_header_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "huge.npy"
+    huge_npy_header(path, 1000)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("np.load must not be called for a grid refused by its header")
+
+    monkeypatch.setattr(np, "load", no_read)
+    limit = SimSettings().max_grid_side
+    assert_invalid(simulate(path), "1000^3", f"limit of {limit}^3", "sim.max_grid_side")
+
+
+def test_grid_side_limit_applies_to_arrays_and_files(tmp_path):
+    settings = SimSettings(max_grid_side=8)
+    assert_invalid(simulate(block(16), settings), "16^3", "limit of 8^3")
+    np.save(tmp_path / "block.npy", block(16))
+    assert_invalid(simulate(tmp_path / "block.npy", settings), "limit of 8^3")
+    np.save(tmp_path / "objects.npy", np.empty((4, 4, 4), dtype=object), allow_pickle=True)
+    assert_invalid(simulate(tmp_path / "objects.npy"), "Python objects")
+
+
 def test_unsupported_python_object():
     assert_invalid(simulate(object()), "cannot simulate")
 

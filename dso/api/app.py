@@ -78,7 +78,7 @@ def create_app(
         app_registry=app_registry,
         component_checks=dict(component_checks or {}),
     )
-    metrics.set_adapter_version("api", active_broker.adapters.latest() or 0)
+    metrics.set_adapter_version("api", active_broker.promotion.promoted())  # what /v1/adapters/latest serves
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -93,7 +93,8 @@ def create_app(
         lifespan=lifespan,
         openapi_tags=[
             {"name": "prompts", "description": "Prompt images the generators sample from"},
-            {"name": "adapters", "description": "Published LoRA adapter versions (PEFT format)"},
+            {"name": "adapters", "description": "Published LoRA adapter versions (PEFT format), their canary scores "
+                                                "and which one is promoted"},
             {"name": "operations", "description": "Statistics, health and metrics"},
             {"name": "samples", "description": "Recent labelled samples, their meshes and previews (the console)"},
         ],
@@ -126,6 +127,7 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[
             images["maxItems"] = settings.api.max_files_per_request
             images["description"] += (
                 f"; at most {settings.api.max_upload_bytes} bytes and {settings.api.max_image_pixels} pixels each"
+                f", at least {settings.api.min_image_side} pixels a side"
             )
             for parameter in schema["paths"]["/v1/prompts"]["get"]["parameters"]:
                 if parameter["name"] == "limit":

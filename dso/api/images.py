@@ -3,7 +3,7 @@
 Decoding is ``dso.models.image_io.load_image`` (Pillow verify, declared-size bomb
 guard before decoding, full decode so truncation is caught); this module only
 maps its errors to statuses: limits -> 413, not an accepted image format -> 415,
-corrupt or empty -> 422.
+corrupt, empty or smaller than ``api.min_image_side`` -> 422.
 """
 
 from __future__ import annotations
@@ -72,13 +72,20 @@ def validate_image(part: UploadedPart, settings: ApiSettings) -> ValidatedImage:
             data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes, formats=settings.image_formats
         )
     except ImageTooLargeError as exc:
-        raise ApiError(413, f"{part.label}: {_reason(exc)}") from exc
+        setting = "api.max_image_pixels" if "pixels" in str(exc) else "api.max_upload_bytes"
+        raise ApiError(413, f"{part.label}: {_reason(exc)} ({setting})") from exc
     except UnsupportedImageError as exc:
         raise ApiError(
             415, f"{part.label}: {_reason(exc)}; accepted formats: {', '.join(settings.image_formats)}"
         ) from exc
     except InvalidImageError as exc:
         raise ApiError(422, f"{part.label}: {_reason(exc)}") from exc
+    if min(image.width, image.height) < settings.min_image_side:
+        raise ApiError(
+            422,
+            f"{part.label}: {image.width}x{image.height} pixels is smaller than the minimum of "
+            f"{settings.min_image_side} pixels a side (api.min_image_side)",
+        )
     has_alpha = _has_transparency(image)
     return ValidatedImage(
         data=data,

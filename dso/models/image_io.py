@@ -24,6 +24,7 @@ out beforehand if you want TRELLIS's behaviour for photos.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,7 @@ def load_image(
         with Image.open(io.BytesIO(data), formats=sorted(allowed) if allowed is not None else None) as probe:
             probe.verify()
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({exc})") from exc
+        raise _bomb(name, exc, max_pixels) from exc
     except UnidentifiedImageError as exc:
         detected = _sniff_format(data)
         if allowed is not None and detected is not None and detected not in allowed:
@@ -127,10 +128,22 @@ def load_image(
     except InvalidImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({exc})") from exc
+        raise _bomb(name, exc, max_pixels) from exc
     except Exception as exc:  # noqa: BLE001
         raise InvalidImageError(f"{name}: corrupt image ({type(exc).__name__}: {exc})") from exc
     return image
+
+
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _bomb(name: str, exc: Exception, max_pixels: int) -> ImageTooLargeError:
+    """Pillow's own bomb guard fired first: say *our* limit, not Pillow's (which the caller never set)."""
+    declared = _PILLOW_PIXELS.search(str(exc))
+    size = f"declares {declared.group(1)} pixels" if declared else "declares too many pixels"
+    return ImageTooLargeError(
+        f"{name}: {size}, more than the limit of {max_pixels}; refused as a decompression bomb before decoding"
+    )
 
 
 def _sniff_format(data: bytes) -> str | None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+import numpy.lib.format as npformat
 import trimesh
 
 from dso.sim.errors import InvalidInputError
@@ -17,13 +18,22 @@ GRID_SUFFIXES = frozenset({".npy"})
 SimInput = Union[np.ndarray, trimesh.Trimesh, str, Path, Any]
 
 
-def as_occupancy(array: Any) -> np.ndarray:
+def check_grid_shape(shape: tuple[int, ...], max_side: int | None, where: str = "occupancy grid") -> None:
+    """Refuse a shape that is not (N, N, N) with 0 < N <= ``max_side`` (``sim.max_grid_side``)."""
+    if len(shape) != 3 or len(set(shape)) != 1:
+        raise InvalidInputError(f"{where} must have shape (N, N, N), got {tuple(shape)}")
+    if shape[0] == 0:
+        raise InvalidInputError(f"{where} is empty (N = 0)")
+    if max_side is not None and shape[0] > max_side:
+        raise InvalidInputError(
+            f"{where} is {shape[0]}^3, larger than the limit of {max_side}^3 (sim.max_grid_side)"
+        )
+
+
+def as_occupancy(array: Any, max_side: int | None = None) -> np.ndarray:
     """Validate an (N, N, N) occupancy array (x, y, z, z-up) and return it as bool."""
     arr = np.asarray(array)
-    if arr.ndim != 3 or len(set(arr.shape)) != 1:
-        raise InvalidInputError(f"occupancy grid must have shape (N, N, N), got {arr.shape}")
-    if arr.shape[0] == 0:
-        raise InvalidInputError("occupancy grid is empty (N = 0)")
+    check_grid_shape(arr.shape, max_side)
     if arr.dtype == bool:
         return arr
     if not (np.issubdtype(arr.dtype, np.number)):
@@ -33,13 +43,29 @@ def as_occupancy(array: Any) -> np.ndarray:
     return arr > 0.5
 
 
-def load_grid(path: Path) -> np.ndarray:
-    """Load a ``.npy`` occupancy grid (no pickles)."""
+def grid_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a ``.npy`` file declares, read from its header alone (no array data)."""
+    try:
+        with path.open("rb") as handle:
+            version = npformat.read_magic(handle)
+            read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+            shape, _fortran_order, dtype = read(handle)
+    except Exception as exc:  # not a .npy, or a header numpy cannot parse
+        raise InvalidInputError(f"cannot read occupancy grid {path}: {exc}") from exc
+    return tuple(shape), dtype
+
+
+def load_grid(path: Path, max_side: int | None = None) -> np.ndarray:
+    """Load a ``.npy`` occupancy grid (no pickles); its shape is checked from the header, before reading."""
+    shape, dtype = grid_header(path)
+    check_grid_shape(shape, max_side, where=f"occupancy grid {path}")
+    if dtype.hasobject:
+        raise InvalidInputError(f"occupancy grid {path} holds Python objects (dtype {dtype}); expected bool or numbers")
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # unreadable, truncated, or a pickle
         raise InvalidInputError(f"cannot read occupancy grid {path}: {exc}") from exc
-    return as_occupancy(arr)
+    return as_occupancy(arr, max_side)
 
 
 def load_mesh(path: Path) -> trimesh.Trimesh:
@@ -53,8 +79,8 @@ def load_mesh(path: Path) -> trimesh.Trimesh:
     return mesh
 
 
-def resolve_input(item: SimInput) -> np.ndarray | trimesh.Trimesh:
-    """Turn any accepted input into an occupancy array (bool) or a Trimesh."""
+def resolve_input(item: SimInput, max_grid_side: int | None = None) -> np.ndarray | trimesh.Trimesh:
+    """Turn any accepted input into an occupancy array (bool) or a Trimesh (grids up to ``max_grid_side``)."""
     if isinstance(item, trimesh.Trimesh):
         return item
     if isinstance(item, (str, Path)):
@@ -63,17 +89,17 @@ def resolve_input(item: SimInput) -> np.ndarray | trimesh.Trimesh:
             raise InvalidInputError(f"no such file: {path}")
         suffix = path.suffix.lower()
         if suffix in GRID_SUFFIXES:
-            return load_grid(path)
+            return load_grid(path, max_grid_side)
         if suffix in MESH_SUFFIXES:
             return load_mesh(path)
         raise InvalidInputError(
             f"unknown input type {suffix!r} for {path}; expected .npy or one of {sorted(MESH_SUFFIXES)}"
         )
     if isinstance(item, np.ndarray):
-        return as_occupancy(item)
+        return as_occupancy(item, max_grid_side)
     occupancy = getattr(item, "occupancy", None)
     if occupancy is not None:
-        return as_occupancy(occupancy)
+        return as_occupancy(occupancy, max_grid_side)
     raise InvalidInputError(f"cannot simulate an input of type {type(item).__name__}")
 
 

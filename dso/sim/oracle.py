@@ -116,7 +116,7 @@ def simulate(item: SimInput, settings: SimSettings | None = None) -> Verdict:
     started = time.perf_counter()
     deadline = started + settings.item_timeout_s
     try:
-        geometry = build_geometry(resolve_input(item), settings)
+        geometry = build_geometry(resolve_input(item, settings.max_grid_side), settings)
         model = build_model(geometry, settings)
         data = mujoco.MjData(model)
         run = _step_until_settled(model, data, settings, deadline)
