@@ -1,203 +1,267 @@
-"""Bench the online loop: held-out stability of the latest adapter over wall time, throughput, latency.
+"""Bench the online loop: held-out stability and fidelity of its adapters over wall time, throughput, latency.
 
-Runs ``dso run``'s loop (local Ray, embedded Valkey) in a background thread for
-``--duration`` seconds while a periodic evaluator in this process loads the
-latest published adapter, generates ``--samples`` shapes per held-out prompt
-(fixed seeds), labels them with the oracle and compares each shape with the
-prompt's ground-truth object (Chamfer distance after unit-cube normalisation
-and ICP), so the base model (version 0) is the baseline of the same run.
-Writes ``docs/loop_bench.json``, ``docs/loop_stability.png`` and the
-"Online loop" section of docs/benchmarks.md.
+Two steps, so that evaluation never shares the cores with the loop it measures:
 
-    python bench/loop.py --duration 1800 --every 120
+    python bench/loop.py run --label dro --duration 3600 --every 300          # the loop, then its checkpoints
+    python bench/loop.py run --label dpo --duration 900 --set objective.name=dpo
+    python bench/loop.py report --labels dro dpo                               # docs/benchmarks.md + plots
+
+``run`` runs ``dso run``'s loop (local Ray, embedded Valkey, the canary and its gate) in a fresh run
+directory for ``--duration`` seconds, then evaluates the adapters that were *candidates* (the newest
+publish) and the ones that were *promoted* at each ``--every`` mark on ``--prompts`` held-out prompts x
+``--samples`` fixed seeds (oracle verdict; Chamfer / F-score to the prompt's ground-truth object after
+unit-cube normalisation and ICP; base footprint), with the base model (version 0) as the baseline of the
+same run. ``--set section.field=value`` overrides a setting (as ``DSO__SECTION__FIELD``).
+Results: ``runs/bench-loop/<label>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from dso.broker.adapter_store import AdapterStore
-from dso.config import Settings
-from dso.evaluate.geometry import compare_meshes
-from dso.models.mesh import occupancy_to_mesh
+from dso.config import EvalSettings, Settings
+from dso.evaluate.stability import evaluate_generator
 from dso.jobs.session import run_loop, session_settings
 from dso.models.generator import Generator
-from dso.models.lora import attach_lora
+from dso.models.lora import attach_lora, live_lora_parameters, load_adapter_weights
 from dso.shapes.prompts import heldout_prompts
-from dso.sim.oracle import simulate
 
 from benchdocs import write_section as write_section_in
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+RESULTS = ROOT / "runs" / "bench-loop"
 SECTION = "## Online loop"
 
 
-class HeldoutEvaluator:
-    """Stability rate and Chamfer-vs-base of an adapter on fixed held-out prompts and seeds."""
+def apply_overrides(pairs: list[str]) -> dict[str, str]:
+    """``section.field=value`` -> ``DSO__SECTION__FIELD`` in this process's environment."""
+    applied = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not value or "." not in key:
+            raise SystemExit(f"--set wants section.field=value, got {pair!r}")
+        os.environ["DSO__" + "__".join(p.upper() for p in key.split("."))] = value
+        applied[key] = value
+    return applied
+
+
+class Checkpoints:
+    """Held-out evaluation of adapter versions on fixed prompts and seeds (the base model included)."""
 
     def __init__(self, settings: Settings, prompts: int, samples: int):
         self.settings = settings
-        self.samples = samples
-        self.prompts = heldout_prompts(settings.shapes)[:prompts]
-        self.images = [Image.fromarray(p.image, "RGBA") for p in self.prompts]
-        self.truth = [occupancy_to_mesh(p.object.occupancy) for p in self.prompts]
+        shapes = settings.shapes.model_copy(
+            update={"heldout_objects": max(settings.shapes.heldout_objects, -(-prompts // settings.shapes.heldout_views))}
+        )
+        self.prompts = heldout_prompts(shapes)[:prompts]
+        self.eval = EvalSettings(samples_per_prompt=samples)
         self.generator = Generator.from_settings(settings)
-        self.base = self._score(self._generate())
         self.generator.flow = attach_lora(self.generator.modules.flow, settings.lora).eval()
+        self.live = live_lora_parameters(self.generator.flow)
+        self.zero = {k: torch.zeros_like(p) if "lora_B" in k else p.detach().clone() for k, p in self.live.items()}
+        self.cache: dict[int, dict[str, float]] = {}
 
-    def _generate(self):
-        return self.generator.generate(self.images, samples_per_image=self.samples, seed=0)
-
-    def _score(self, shapes) -> dict[str, float]:
-        verdicts = [simulate(s.occupancy, self.settings.sim) for s in shapes]
-        chamfers = [compare_meshes(s.mesh, self.truth[s.image_index]).chamfer for s in shapes if s.occupancy.any()]
-        return {
-            "stability": float(np.mean([v.status == "ok" and v.stable for v in verdicts])),
-            "chamfer": float(np.mean(chamfers)) if chamfers else float("nan"),
-        }
-
-    def evaluate(self, adapter_dir: Path | None) -> dict[str, float]:
-        if adapter_dir is None:
-            return dict(self.base)
-        from dso.models.lora import live_lora_parameters, load_adapter_weights
-
-        weights = load_adapter_weights(adapter_dir)
-        with torch.no_grad():
-            for key, param in live_lora_parameters(self.generator.flow).items():
-                param.copy_(weights[key])
-        return self._score(self._generate())
+    def evaluate(self, version: int, store: AdapterStore) -> dict[str, float]:
+        if version not in self.cache:
+            weights = self.zero if version == 0 else load_adapter_weights(store.path(version))
+            with torch.no_grad():
+                for key, param in self.live.items():
+                    param.copy_(weights[key])
+            rows = evaluate_generator(self.generator, self.prompts, self.settings.sim, self.eval)
+            finite = lambda xs: [x for x in xs if math.isfinite(x)]  # noqa: E731
+            self.cache[version] = {
+                "stability": float(np.mean([r.stable for r in rows])),
+                "chamfer": float(np.mean(finite([r.chamfer for r in rows]))),
+                "fscore": float(100 * np.mean(finite([r.fscore for r in rows]))),
+                "footprint": float(np.mean(finite([r.base_area_ratio for r in rows]))),
+                "samples": len(rows),
+            }
+        return self.cache[version]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="tiny")
-    parser.add_argument("--duration", type=float, default=1800.0)
-    parser.add_argument("--every", type=float, default=120.0, help="seconds between held-out evaluations")
-    parser.add_argument("--prompts", type=int, default=48, help="held-out prompts evaluated")
-    parser.add_argument("--samples", type=int, default=2, help="shapes per held-out prompt")
-    parser.add_argument("--out", type=Path, default=DOCS)
-    args = parser.parse_args()
+def created_times(store: AdapterStore) -> dict[int, float]:
+    return {v: datetime.fromisoformat(store.manifest(v).created_at).timestamp() for v in store.versions()}
+
+
+def promoted_times(run_dir: Path, settings: Settings) -> list[tuple[float, int]]:
+    """(decided_at, version) of every promotion, read back from the run's broker."""
+    from dso.broker.broker import Broker
+
+    broker_settings = settings.broker.model_copy(update={"run_dir": run_dir, "redis_url": None})
+    with Broker.open(broker_settings) as broker:
+        records = broker.promotion.all()
+        canary = {v: r.model_dump(mode="json") for v, r in records.items()}
+    promoted = sorted((r["decided_at"], v) for v, r in canary.items() if r["decision"] == "promoted")
+    return promoted, canary
+
+
+def run(args: argparse.Namespace) -> None:
+    overrides = apply_overrides(args.set or [])
     torch.set_num_threads(1)
     settings = session_settings(args.config, args.duration, None, api=False)
-    settings.shapes.heldout_objects = max(settings.shapes.heldout_objects, -(-args.prompts // settings.shapes.heldout_views))
-    run_dir = Path("runs") / f"bench-loop-{int(time.time())}"  # a fresh run: never resume an old one
+    run_dir = ROOT / "runs" / f"bench-loop-{args.label}-{int(time.time())}"  # a fresh run: never resume an old one
     settings.broker.run_dir = run_dir
     settings.loop.run_dir = None
-    evaluator = HeldoutEvaluator(settings, args.prompts, args.samples)
-    result: dict = {}
-    loop = threading.Thread(target=lambda: result.setdefault("summary", run_loop(settings)))
     started = time.time()
-    loop.start()
+    summary = run_loop(settings)
+    wall = time.time() - started
     store = AdapterStore(settings.broker.resolved_adapter_store_dir)
-    curve = [{"t": 0.0, "version": 0, **evaluator.evaluate(None)}]
-    while loop.is_alive():
-        loop.join(timeout=args.every)
-        latest = store.latest_path()
-        if latest is not None and latest[0] != curve[-1]["version"]:
-            curve.append({"t": time.time() - started, "version": latest[0], **evaluator.evaluate(latest[1])})
-            print(curve[-1], flush=True)
-    summary = result.get("summary")
-    seconds = time.time() - started
-    base = curve[0]
-    best = max(curve, key=lambda c: c["stability"])
-    last = curve[-1]
+    created = created_times(store)
+    promoted, canary = promoted_times(run_dir, settings)
+    torch.set_num_threads(os.cpu_count() or 1)
+    points = Checkpoints(settings, args.prompts, args.samples)
+    marks = [0.0] + [m for m in np.arange(args.every, wall + 1e-6, args.every)]
+    curve = []
+    for mark in marks:
+        at = started + mark
+        candidate = max([v for v, t in created.items() if t <= at], default=0)
+        current = max([v for t, v in promoted if t <= at], default=0)
+        row = {"t": mark, "candidate": candidate, "promoted": current}
+        row["candidate_eval"] = points.evaluate(candidate, store)
+        row["promoted_eval"] = points.evaluate(current, store)
+        curve.append(row)
+        print(json.dumps(row), flush=True)
+    s = summary
     report = {
-        "duration_s": seconds,
-        "base": base,
-        "latest": last,
-        "best": best,
-        "curve": curve,
-        "generated_per_s": summary.totals["generated"] / summary.seconds if summary else None,
-        "labelled_per_s": summary.totals["labelled"] / summary.seconds if summary else None,
-        "learner_steps_per_s": summary.learner.get("step", 0) / summary.seconds if summary else None,
-        "versions": len(summary.versions_published) if summary else 0,
-        "publish_to_adopt_s": summary.adoption_latency_s if summary else None,
-        "learner": summary.learner if summary else None,
-        "run_dir": str(run_dir),
-        "objective": settings.objective.name,
+        "label": args.label,
+        "overrides": overrides,
+        "objective": settings.objective.model_dump(mode="json"),
         "lr": settings.train.lr,
         "max_steps_per_sample": settings.loop.max_steps_per_sample,
         "publish_every": settings.loop.publish_every,
+        "canary": settings.canary.enabled,
+        "duration_s": wall,
+        "eval": {"prompts": args.prompts, "samples_per_prompt": args.samples},
+        "curve": curve,
+        "canary_records": canary,
+        "generated_per_s": s.totals["generated"] / s.seconds if s else None,
+        "labelled_per_s": s.totals["labelled"] / s.seconds if s else None,
+        "learner_steps": s.learner.get("step", 0) if s else None,
+        "versions": len(s.versions_published) if s else 0,
+        "publish_to_adopt_s": s.adoption_latency_s if s else None,
+        "run_dir": str(run_dir),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "loop_bench.json").write_text(json.dumps(report, indent=2, default=str))
-    plot(curve, args.out / "loop_stability.png")
-    write_section_in(args.out / "benchmarks.md", SECTION, section_body(args, report))
-    print(json.dumps({k: v for k, v in report.items() if k != "curve"}, indent=2, default=str))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.label}.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {RESULTS / f'{args.label}.json'}")
 
 
-def plot(curve: list[dict], path: Path) -> None:
+def first_time_reaching(curve: list[dict], key: str, level: float) -> float | None:
+    return next((c["t"] for c in curve if c[key]["stability"] >= level), None)
+
+
+def plot(reports: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = [c["t"] / 60 for c in curve]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(t, [100 * c["stability"] for c in curve], marker="o")
-    ax1.axhline(100 * curve[0]["stability"], color="grey", linestyle="--", label="base")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for r in reports:
+        c = r["curve"]
+        t = [p["t"] / 60 for p in c]
+        base = c[0]["promoted_eval"]
+        line = ax1.plot(t, [100 * p["promoted_eval"]["stability"] for p in c], marker="o", label=f"{r['label']} (promoted)")[0]
+        ax1.plot(t, [100 * p["candidate_eval"]["stability"] for p in c], linestyle=":", color=line.get_color(), label=f"{r['label']} (newest)")
+        ax2.plot(t, [p["promoted_eval"]["chamfer"] / base["chamfer"] for p in c], marker="o", color=line.get_color())
+        ax2.plot(t, [p["candidate_eval"]["chamfer"] / base["chamfer"] for p in c], linestyle=":", color=line.get_color())
+    ax1.axhline(97, color="grey", linestyle="--", linewidth=0.8)
     ax1.set_xlabel("wall time (min)")
     ax1.set_ylabel("held-out stable (%)")
-    ax1.legend()
-    ax2.plot(t, [c["chamfer"] for c in curve], marker="o", color="tab:orange")
-    ax2.axhline(curve[0]["chamfer"], color="grey", linestyle="--", label="base")
-    ax2.axhline(1.05 * curve[0]["chamfer"], color="grey", linestyle=":", label="base + 5 %")
+    ax1.legend(fontsize=7)
+    ax2.axhline(1.05, color="grey", linestyle="--", linewidth=0.8, label="base + 5 %")
+    ax2.axhline(1.0, color="grey", linewidth=0.5)
     ax2.set_xlabel("wall time (min)")
-    ax2.set_ylabel("Chamfer to ground truth")
-    ax2.legend()
-    for ax in (ax1, ax2):
-        for c in curve[1:]:
-            ax.annotate(f"v{c['version']}", (c["t"] / 60, ax.get_ylim()[0]), fontsize=6, color="grey")
-    fig.suptitle("Online loop on the embedded default: latest adapter on held-out prompts")
+    ax2.set_ylabel("Chamfer to ground truth / base")
+    ax2.legend(fontsize=7)
+    fig.suptitle("Online loop, embedded default: promoted (solid) and newest published (dotted) adapters, held-out")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def section_body(args, r: dict) -> str:
-    base, last, best = r["base"], r["latest"], r["best"]
-    lat = r["publish_to_adopt_s"] or {}
-    fmt = lambda x, spec=".3f": "n/a" if x is None else format(x, spec)  # noqa: E731
+def trend(curve: list[dict], since_s: float) -> float | None:
+    """Least-squares slope of the promoted version's Chamfer ratio per 10 minutes over the marks after ``since_s``."""
+    base = curve[0]["promoted_eval"]["chamfer"]
+    pts = [(c["t"], c["promoted_eval"]["chamfer"] / base) for c in curve if c["t"] >= since_s]
+    if len(pts) < 3:
+        return None
+    t, y = np.array(pts).T
+    return float(np.polyfit(t / 600.0, y, 1)[0])
+
+
+def report(args: argparse.Namespace) -> None:
+    reports = [json.loads((RESULTS / f"{label}.json").read_text()) for label in args.labels]
+    plot(reports, args.out / "loop_stability.png")
     lines = [
         SECTION,
         "",
-        f"`python bench/loop.py --duration {args.duration:.0f} --every {args.every:.0f} --prompts {args.prompts} "
-        f"--samples {args.samples}` on this {os.cpu_count()}-core machine: the whole loop (local Ray, embedded Valkey, "
-        "generators, simulators, DRO learner) runs while this process evaluates each newly published adapter on "
-        f"{args.prompts} held-out prompts x {args.samples} fixed seeds (stability by the oracle; Chamfer distance to the "
-        "ground-truth object after unit-cube normalisation and ICP). Version 0 is the base model in the same run. "
-        f"Learner: objective {r['objective']}, lr {r['lr']:g}, replay ratio {r['max_steps_per_sample']} steps per sample, "
-        f"a version every {r['publish_every']} steps (set with `DSO__OBJECTIVE__NAME`, `DSO__TRAIN__LR`, "
-        "`DSO__LOOP__MAX_STEPS_PER_SAMPLE`, `DSO__LOOP__PUBLISH_EVERY`).",
+        f"`python bench/loop.py run --label L --duration D --every E [--set ...]`, then `python bench/loop.py report "
+        f"--labels {' '.join(args.labels)}`, on this {os.cpu_count()}-core machine. Each run is the whole loop "
+        "(local Ray, embedded Valkey, generator, simulator, learner, canary + gate) in a fresh run directory; after "
+        "it stops, the adapter that was newest-published and the one that was promoted at each mark are evaluated "
+        "on held-out prompts x fixed seeds (oracle verdict; Chamfer / F-score@0.05 to the ground-truth object after "
+        "unit-cube normalisation and ICP; base footprint vs the truth's), version 0 (the base model) being the "
+        "baseline of the same run. Evaluation runs after the loop, so it does not slow the loop it measures.",
         "",
-        "| | adapter | held-out stable | Chamfer to GT | vs base |",
-        "|---|---:|---:|---:|---:|",
-        f"| base | v0 | {100 * base['stability']:.1f} % | {base['chamfer']:.4f} | 1.00 |",
-        f"| latest | v{last['version']} | {100 * last['stability']:.1f} % | {last['chamfer']:.4f} | {last['chamfer'] / base['chamfer']:.2f} |",
-        f"| best stability | v{best['version']} | {100 * best['stability']:.1f} % | {best['chamfer']:.4f} | {best['chamfer'] / base['chamfer']:.2f} |",
-        "",
-        "| throughput / latency | value |",
-        "|---|---:|",
-        f"| generated / s | {fmt(r['generated_per_s'], '.2f')} |",
-        f"| labelled / s | {fmt(r['labelled_per_s'], '.2f')} |",
-        f"| learner steps / s | {fmt(r['learner_steps_per_s'], '.2f')} |",
-        f"| versions published | {r['versions']} |",
-        f"| publish-to-adopt p50 / p95 (s) | {fmt(lat.get('p50'))} / {fmt(lat.get('p95'))} |",
-        f"| wall time (s) | {r['duration_s']:.0f} |",
-        "",
-        "![loop stability](loop_stability.png)",
-        "",
-        "Raw numbers: `docs/loop_bench.json`.",
+        "| run | settings | eval samples | base stable | first >= 97 % (promoted) | final promoted | stable | Chamfer / base "
+        "| worst promoted Chamfer / base | slope, last 30 min (/10 min) | versions | refused | gen / s | publish-to-adopt p95 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    return "\n".join(lines) + "\n"
+    for r in reports:
+        c = r["curve"]
+        base = c[0]["promoted_eval"]
+        last = c[-1]
+        reach = first_time_reaching(c, "promoted_eval", 0.97)
+        worst = max(p["promoted_eval"]["chamfer"] / base["chamfer"] for p in c)
+        slope = trend(c, max(0.0, r["duration_s"] - 1800))
+        refused = sum(1 for rec in r["canary_records"].values() if rec["decision"] == "refused")
+        lat = (r.get("publish_to_adopt_s") or {}).get("p95")
+        samples = r["eval"]["prompts"] * r["eval"]["samples_per_prompt"]
+        settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "defaults"
+        lines.append(
+            f"| {r['label']} | {settings} | {samples} | {100 * base['stability']:.1f} % | "
+            + (f"{reach / 60:.1f} min" if reach is not None else "not reached")
+            + f" | v{last['promoted']} | {100 * last['promoted_eval']['stability']:.1f} % | "
+            f"{last['promoted_eval']['chamfer'] / base['chamfer']:.3f} | {worst:.3f} | "
+            + ("n/a" if slope is None else f"{slope:+.3f}")
+            + f" | {r['versions']} | {refused} | {r['generated_per_s']:.1f} | "
+            + ("n/a" if lat is None else f"{lat:.2f} s")
+            + " |"
+        )
+    lines += ["", "![loop stability](loop_stability.png)", "", "Per-mark figures: `docs/loop_bench.json`.", ""]
+    (args.out / "loop_bench.json").write_text(json.dumps(reports, indent=2, default=str))
+    write_section_in(args.out / "benchmarks.md", SECTION, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the loop, then evaluate its checkpoints")
+    r.add_argument("--label", required=True)
+    r.add_argument("--config", default="tiny")
+    r.add_argument("--duration", type=float, default=600.0)
+    r.add_argument("--every", type=float, default=120.0, help="seconds between evaluated marks")
+    r.add_argument("--prompts", type=int, default=64, help="held-out prompts evaluated")
+    r.add_argument("--samples", type=int, default=4, help="shapes per held-out prompt")
+    r.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    p = sub.add_parser("report", help="write docs/benchmarks.md's section and the plot from runs")
+    p.add_argument("--labels", nargs="+", required=True)
+    p.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args()
+    run(args) if args.command == "run" else report(args)
 
 
 if __name__ == "__main__":
