@@ -455,11 +455,16 @@ def start_process_metrics(
 
 
 class BrokerCollector(Collector):
-    """Queue depths, dead letters, replay and prompt counts and per-version stability, read from Redis.
+    """Queue depths, dead letters, replay and prompt counts, per-version stability and canary scores, read from Redis.
 
     Registered by the API only: these are facts about the shared broker, so one
     exporter per run keeps PromQL sums right. A Redis outage reads as ``dso_broker_up 0``.
     """
+
+    # Families also defined by LoopMetrics (the canary sets them in its own process). In the API's
+    # exposition the broker's reading replaces the process's copy: it is the run's truth even where no
+    # canary runs in this process, and one family name must not appear twice in one exposition.
+    REPLACES = frozenset({"dso_adapter_promoted_version"})
 
     def __init__(self, broker: Any, recent_versions: int = 10) -> None:
         self.broker = broker
@@ -509,6 +514,38 @@ class BrokerCollector(Collector):
         latest_family.add_metric([], latest if latest is not None else 0)
         yield latest_family
         yield from self._per_version(broker)
+        yield from self._promotion(broker)
+
+    def _promotion(self, broker: Any) -> Iterator[Any]:
+        promotion = broker.promotion
+        promoted = GaugeMetricFamily("dso_adapter_promoted_version", "Adapter version promoted to the fleet (0: base).")
+        promoted.add_metric([], promotion.promoted())
+        yield promoted
+        records = promotion.all()
+        decisions = GaugeMetricFamily(
+            "dso_adapter_decisions", "Adapter versions by the gate's decision on them (the whole run, from the broker).",
+            labels=["decision"],
+        )
+        counts = dict.fromkeys(DECISIONS, 0)
+        for record in records.values():
+            counts[str(record.decision)] = counts.get(str(record.decision), 0) + 1
+        for decision, count in counts.items():
+            decisions.add_metric([decision], count)
+        yield decisions
+        scores = {
+            name: GaugeMetricFamily(
+                f"dso_adapter_canary_{name}",
+                f"Canary {name.replace('_', ' ')} of one adapter version on the probe set (newest scored versions only).",
+                labels=["adapter_version"],
+            )
+            for name in CANARY_SCORES
+        }
+        for version in sorted(records)[-self.recent_versions :]:
+            for name, family in scores.items():
+                value = records[version].scores.get(name)
+                if value is not None:
+                    family.add_metric([str(version)], float(value))
+        yield from scores.values()
 
     def _per_version(self, broker: Any) -> Iterator[Any]:
         snapshot = broker.stats.snapshot()

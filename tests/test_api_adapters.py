@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from dso.api.app import create_app
 from dso.broker import Broker
+from dso.broker.promotion import CanaryRecord, Decision
 from dso.config import ApiSettings, FlowTransformerSettings, LoraSettings, Settings
 from dso.models.lora import attach_lora, flow_model_probe, live_lora_parameters, save_adapter
 from dso.models.transformer import SparseStructureFlowModel
@@ -49,6 +50,11 @@ def trained_adapter(directory: Path, seed: int) -> tuple[Path, torch.Tensor]:
     return directory, flow_model_probe(model, LORA)(model)
 
 
+def promote(broker: Broker, version: int) -> None:
+    """What the canary does when a candidate passes the gate: /v1/adapters/latest follows it."""
+    assert broker.promotion.record(CanaryRecord(version=version, decision=Decision.promoted))
+
+
 @pytest.fixture()
 def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:  # noqa: F811
     with Broker.open(make_settings(tmp_path, redis_url=valkey_server.url)) as opened:
@@ -66,7 +72,7 @@ def client(broker: Broker) -> Iterator[TestClient]:
 
 
 def test_no_adapter_yet_is_a_clear_404(client: TestClient) -> None:
-    assert client.get("/v1/adapters").json() == {"latest": None, "items": []}
+    assert client.get("/v1/adapters").json() == {"latest": None, "promoted": 0, "items": []}
     latest = client.get("/v1/adapters/latest")
     assert latest.status_code == 404 and "no adapter has been published" in latest.json()["detail"]
     assert client.get("/v1/adapters/7").status_code == 404
@@ -76,6 +82,7 @@ def test_no_adapter_yet_is_a_clear_404(client: TestClient) -> None:
 def test_versions_list_with_manifests_and_file_hashes(client: TestClient, broker: Broker, tmp_path: Path) -> None:
     broker.adapters.publish(trained_adapter(tmp_path / "a1", 1)[0], step=10, objective="dro", metrics={"loss": 0.5})
     broker.adapters.publish(trained_adapter(tmp_path / "a2", 2)[0], step=20, objective="dro")
+    promote(broker, 2)
     listing = client.get("/v1/adapters").json()
     assert listing["latest"] == 2 and [a["version"] for a in listing["items"]] == [1, 2]
     first = listing["items"][0]
@@ -88,6 +95,7 @@ def test_versions_list_with_manifests_and_file_hashes(client: TestClient, broker
 
 def test_file_download_has_a_strong_etag_and_304(client: TestClient, broker: Broker, tmp_path: Path) -> None:
     broker.adapters.publish(trained_adapter(tmp_path / "a1", 1)[0], step=1, objective="dro")
+    promote(broker, 1)
     url = "/v1/adapters/1/files/adapter_model.safetensors"
     response = client.get(url)
     digest = hashlib.sha256(response.content).hexdigest()
@@ -105,6 +113,7 @@ def test_file_download_has_a_strong_etag_and_304(client: TestClient, broker: Bro
 def test_archive_round_trips_into_stock_peft(client: TestClient, broker: Broker, tmp_path: Path) -> None:
     source, expected = trained_adapter(tmp_path / "a1", 3)
     broker.adapters.publish(source, step=5, objective="dro")
+    promote(broker, 1)
     response = client.get("/v1/adapters/latest/archive")
     assert response.status_code == 200 and response.headers["content-type"] == "application/x-tar"
     etag = response.headers["etag"]

@@ -23,6 +23,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from dso.api.app import create_app
 from dso.broker import Broker
+from dso.broker.promotion import CanaryRecord, Decision
 from dso.config import ApiSettings, Settings
 from dso.telemetry import LoopMetrics
 
@@ -40,6 +41,7 @@ def seeded_app(tmp_path: Path, redis_url: str):
     (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2}')
     (adapter / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     broker.adapters.publish(adapter, step=1, objective="dro")
+    broker.promotion.record(CanaryRecord(version=1, decision=Decision.promoted, scores={"stable_ratio": 0.8}, samples=8))
     api = ApiSettings(max_upload_bytes=64 * 1024, max_files_per_request=3)
     app = create_app(
         Settings(broker=broker.settings, api=api), broker,

@@ -1,4 +1,7 @@
-"""Adapter endpoints: versions with manifests, single-file and archive downloads with strong ETags.
+"""Adapter endpoints: versions with manifests and canary scores, single-file and archive downloads with strong ETags.
+
+``latest`` is the *promoted* version (``broker.promotion``), not the newest publish: a candidate the
+canary has not passed is never what a client gets by asking for "latest", the same rule generators follow.
 
 Every download is checked against its manifest once per version and process
 (``AdapterStore.verify``), so a corrupted file is refused, never served. The
@@ -19,12 +22,13 @@ from dso.api.archive import ARCHIVE_MEMBERS
 from dso.api.deps import ApiContext, get_context, require_read
 from dso.api.errors import ApiError
 from dso.api.http_cache import cache_control, matches, not_modified, quoted
-from dso.api.schemas import AdapterFile, AdapterInfo, AdapterList, error_responses
+from dso.api.schemas import AdapterFile, AdapterInfo, AdapterList, CanaryResult, error_responses
 from dso.broker.adapter_store import ADAPTER_WEIGHTS, AdapterIntegrityError, AdapterStoreError, sha256_file
+from dso.broker.promotion import CanaryRecord
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"], dependencies=[Depends(require_read)])
 VersionRef = Annotated[
-    str, Path(pattern=r"^(latest|[1-9][0-9]{0,8})$", description="a version number, or 'latest'", examples=["latest", "3"])
+    str, Path(pattern=r"^(latest|[1-9][0-9]{0,8})$", description="a version number, or 'latest' (the promoted version)", examples=["latest", "3"])
 ]
 FileName = Literal["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
 MEDIA_TYPES = {".json": "application/json", ".safetensors": "application/octet-stream"}
@@ -33,9 +37,13 @@ MEDIA_TYPES = {".json": "application/json", ".safetensors": "application/octet-s
 def _resolve(ctx: ApiContext, ref: str) -> int:
     store = ctx.broker.adapters
     if ref == "latest":
-        version = store.latest()
-        if version is None:
-            raise ApiError(404, "no adapter has been published yet (generators use the base model, version 0)")
+        version = ctx.broker.promotion.promoted()
+        if version == 0:
+            published = store.versions()
+            if not published:
+                raise ApiError(404, "no adapter has been published yet (generators use the base model, version 0)")
+            raise ApiError(404, f"no adapter has been promoted yet: {len(published)} published, none passed the "
+                                "canary so far (generators use the base model, version 0)")
         return version
     version = int(ref)
     if version not in store.versions():
@@ -62,7 +70,11 @@ def _file_sha(directory: FsPath, name: str, weights_sha: str) -> str:
     return weights_sha if name == ADAPTER_WEIGHTS else sha256_file(directory / name)
 
 
-def _info(ctx: ApiContext, version: int, latest: int | None) -> AdapterInfo:
+def _canary(record: CanaryRecord | None) -> CanaryResult | None:
+    return CanaryResult.model_validate(record.model_dump(exclude={"version"})) if record is not None else None
+
+
+def _info(ctx: ApiContext, version: int, latest: int | None, promoted: int, record: CanaryRecord | None) -> AdapterInfo:
     directory, weights_sha = _verified_dir(ctx, version)
     files = [
         AdapterFile(
@@ -76,24 +88,32 @@ def _info(ctx: ApiContext, version: int, latest: int | None) -> AdapterInfo:
     return AdapterInfo(
         version=version,
         latest=version == latest,
+        promoted=version == promoted,
+        canary=_canary(record),
         manifest=ctx.broker.adapters.manifest(version),
         files=files,
         archive_url=f"/v1/adapters/{version}/archive",
     )
 
 
-@router.get("", response_model=AdapterList, summary="Published adapter versions with their manifests",
+@router.get("", response_model=AdapterList, summary="Published adapter versions with their manifests and canary decisions",
             responses=error_responses(401, 500, 503))
 def list_adapters(ctx: ApiContext = Depends(get_context)) -> AdapterList:
     store = ctx.broker.adapters
     latest = store.latest()
-    return AdapterList(latest=latest, items=[_info(ctx, v, latest) for v in store.versions()])
+    promoted = ctx.broker.promotion.promoted()
+    records = ctx.broker.promotion.all()
+    items = [_info(ctx, v, latest, promoted, records.get(v)) for v in store.versions()]
+    return AdapterList(latest=latest, promoted=promoted, items=items)
 
 
-@router.get("/{version}", response_model=AdapterInfo, summary="One adapter version ('latest' for the newest)",
+@router.get("/{version}", response_model=AdapterInfo,
+            summary="One adapter version with its canary scores ('latest' for the promoted one)",
             responses=error_responses(401, 404, 422, 500, 503))
 def get_adapter(version: VersionRef, ctx: ApiContext = Depends(get_context)) -> AdapterInfo:
-    return _info(ctx, _resolve(ctx, version), ctx.broker.adapters.latest())
+    number = _resolve(ctx, version)
+    promotion = ctx.broker.promotion
+    return _info(ctx, number, ctx.broker.adapters.latest(), promotion.promoted(), promotion.get(number))
 
 
 @router.get(

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from dso.api.deps import ApiContext, get_context, require_read
 from dso.api.schemas import (
+    DecisionCounts,
     Health,
     Readiness,
     ScrapeTargetGroup,
@@ -20,6 +21,7 @@ from dso.api.schemas import (
     Throughput,
     error_responses,
 )
+from dso.telemetry import BrokerCollector
 
 router = APIRouter(tags=["operations"])
 
@@ -40,13 +42,16 @@ def _stats(ctx: ApiContext) -> StatsResponse:
         queues=snapshot["queues"],
         dead_letters=dead,
         prompts_active=len(broker.prompts.active()),
+        promoted_version=broker.promotion.promoted(),
+        decisions=DecisionCounts(**broker.promotion.counts()),
     )
 
 
 @router.get(
     "/v1/stats",
     response_model=StatsResponse,
-    summary="Live stability rate (window, total, per adapter version), throughput, queues, learner, staleness",
+    summary="Live stability rate (window, total, per adapter version), throughput, queues, learner, staleness, "
+    "promoted version and canary decisions",
     responses=error_responses(401, 503),
     dependencies=[Depends(require_read)],
 )
@@ -102,14 +107,21 @@ async def readyz(ctx: ApiContext = Depends(get_context)) -> JSONResponse:
 
 
 class _Merged:
-    """The process-wide registry plus this app's own (the broker collector), read as one."""
+    """The process's registry plus this app's own (the broker collector), read as one.
 
-    def __init__(self, *registries: Any) -> None:
-        self.registries = registries
+    Families the broker collector replaces (``BrokerCollector.REPLACES``) are dropped from the
+    process's registry, so each name appears once and carries the broker's value.
+    """
+
+    def __init__(self, process: Any, app: Any) -> None:
+        self.process = process
+        self.app = app
 
     def collect(self) -> Any:
-        for registry in self.registries:
-            yield from registry.collect()
+        for family in self.process.collect():
+            if family.name not in BrokerCollector.REPLACES:
+                yield family
+        yield from self.app.collect()
 
 
 @router.get(
@@ -120,8 +132,8 @@ class _Merged:
                      "description": "Prometheus text format 0.0.4"}},
 )
 async def metrics(ctx: ApiContext = Depends(get_context)) -> Response:
-    registries = [REGISTRY if ctx.metrics.registry is None else ctx.metrics.registry, ctx.app_registry]
-    body = await run_in_threadpool(generate_latest, _Merged(*registries))  # type: ignore[arg-type]
+    process = REGISTRY if ctx.metrics.registry is None else ctx.metrics.registry
+    body = await run_in_threadpool(generate_latest, _Merged(process, ctx.app_registry))  # type: ignore[arg-type]
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

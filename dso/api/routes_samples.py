@@ -24,6 +24,7 @@ from dso.api.schemas import (
     PROMPT_ID_PATTERN,
     SAMPLE_ID_PATTERN,
     AdapterPublication,
+    CanaryPoint,
     HistoryBucket,
     SampleInfo,
     SamplePage,
@@ -278,7 +279,8 @@ def build_listing_router(console: ConsoleSettings) -> APIRouter:
     @listing.get(
         "/v1/stats/history",
         response_model=StabilityHistory,
-        summary="Stability rate over time (the newest verdict events in equal time slices) and adapter publish times",
+        summary="Stability rate over time (the newest verdict events in equal time slices), adapter publish times "
+        "and the canary's score of each version",
         responses=error_responses(401, 422, 503),
         dependencies=[Depends(require_read)],
         tags=["operations"],
@@ -295,6 +297,8 @@ def build_listing_router(console: ConsoleSettings) -> APIRouter:
             events=len(events),
             buckets=[HistoryBucket(**row) for row in stability_history.bucket_events(events, buckets, now)],
             adapters=[AdapterPublication(**a) for a in stability_history.adapter_publications(client, keys)],
+            canary=[CanaryPoint(**point) for point in stability_history.canary_points(ctx.broker.promotion)],
+            promoted_version=ctx.broker.promotion.promoted(),
         )
 
     return listing

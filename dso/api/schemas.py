@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from dso.broker.adapter_store import AdapterManifest
+from dso.broker.promotion import Decision
 
 PROMPT_ID_PATTERN = r"^[0-9a-f]{64}$"
 SHA = "3f1a3c5e0b2d4f6a8c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a"
@@ -91,17 +92,46 @@ class AdapterFile(BaseModel):
     url: str = Field(examples=["/v1/adapters/3/files/adapter_model.safetensors"])
 
 
+class CanaryResult(BaseModel):
+    """The canary's scores of one adapter version on the fixed probe set, and the promotion gate's decision."""
+
+    decision: Decision = Field(description="promoted: served to the fleet; refused: outside a gate bound; "
+                               "superseded: a newer candidate came first; baseline: the base model's reference")
+    reasons: list[str] = Field(description="one line per gate bound broken (refused), or why it passed",
+                               examples=[["chamfer ratio 1.09 > 1.05"]])
+    scores: dict[str, float] = Field(
+        description="stable_ratio, paired_drift, chamfer, fscore, footprint_ratio, diversity (and stable_n when kept)",
+        examples=[{"stable_ratio": 0.78, "paired_drift": 0.9, "chamfer": 1.01, "fscore": 0.64,
+                   "footprint_ratio": 1.02, "diversity": 0.97}],
+    )
+    samples: int = Field(description="probe samples scored")
+    seconds: float = Field(description="wall time the canary spent on it")
+    decided_at: float = Field(description="Unix time of the decision")
+
+
 class AdapterInfo(BaseModel):
     version: int = Field(examples=[3])
-    latest: bool
+    latest: bool = Field(description="the newest published candidate (it may still await the canary, or be refused)")
+    promoted: bool = Field(description="the version generators and /v1/adapters/latest serve")
+    canary: CanaryResult | None = Field(None, description="null until the canary has scored this version")
     manifest: AdapterManifest
     files: list[AdapterFile]
     archive_url: str = Field(examples=["/v1/adapters/3/archive"])
 
 
 class AdapterList(BaseModel):
-    latest: int | None = Field(None, description="null before the first publish (the base model is version 0)")
+    latest: int | None = Field(None, description="newest published version; null before the first publish")
+    promoted: int = Field(0, description="the version /v1/adapters/latest serves; 0 (the base model) before any promotion")
     items: list[AdapterInfo]
+
+
+class DecisionCounts(BaseModel):
+    """Adapter versions by the gate's decision on them, over the whole run."""
+
+    promoted: int = 0
+    refused: int = 0
+    superseded: int = 0
+    baseline: int = 0
 
 
 class VerdictCounts(BaseModel):
@@ -162,6 +192,8 @@ class StatsResponse(BaseModel):
     queues: dict[str, QueueStats]
     dead_letters: int = Field(description="entries in the dead-letter stream")
     prompts_active: int
+    promoted_version: int = Field(0, description="the version generators follow (0: the base model)")
+    decisions: DecisionCounts = Field(default_factory=DecisionCounts, description="canary decisions so far")
 
 
 class Health(BaseModel):
@@ -260,6 +292,17 @@ class AdapterPublication(BaseModel):
     objective: str | None = None
 
 
+class CanaryPoint(BaseModel):
+    """One scored version on the stability chart: the canary's % stable on the probe set at decision time."""
+
+    version: int
+    decided_at: float = Field(description="Unix time of the decision")
+    decision: Decision
+    stable_ratio: float | None = Field(None, description="stable share of the probe samples")
+    paired_drift: float | None = Field(None, description="mean Chamfer to the base model's sample of the same prompt and seed")
+    chamfer: float | None = Field(None, description="Chamfer to ground truth on the probe set")
+
+
 class StabilityHistory(BaseModel):
     """Stability rate over the newest verdict events (``broker.stats_window_samples``), in time slices."""
 
@@ -267,3 +310,5 @@ class StabilityHistory(BaseModel):
     events: int = Field(description="verdict events the slices are built from")
     buckets: list[HistoryBucket]
     adapters: list[AdapterPublication] = Field(description="every published adapter version, oldest first")
+    canary: list[CanaryPoint] = Field(default_factory=list, description="every scored version, oldest first")
+    promoted_version: int = Field(0, description="the version generators follow (0: the base model)")

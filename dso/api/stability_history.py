@@ -4,7 +4,8 @@ The stats store (``dso.broker.stats``) keeps the newest ``broker.stats_window_sa
 verdict events (``time,version,outcome``) in a capped list; this module buckets them into
 equal time slices from the oldest event kept to now. The chart therefore covers the
 last N verdicts, however long they took; the per-version totals in ``/v1/stats`` cover
-the whole run. Adapter publish times come from the registry's manifests.
+the whole run. Adapter publish times come from the registry's manifests; the canary's
+score of each version comes from ``broker.promotion`` (never from its Redis keys directly).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 import redis
 
 from dso.broker.keys import KeySpace
+from dso.broker.promotion import PromotionStore
+
+CANARY_CHART_SCORES = ("stable_ratio", "paired_drift", "chamfer")  # the scores a chart point carries
 
 _OUTCOMES = {b"s": "stable", b"u": "unstable", b"i": "invalid"}
 
@@ -81,4 +85,15 @@ def adapter_publications(client: redis.Redis, keys: KeySpace) -> list[dict[str, 
         out.append({"version": int(version), "created_at": created, "step": manifest.get("step"),
                     "objective": manifest.get("objective")})
     out.sort(key=lambda a: a["version"])
+    return out
+
+
+def canary_points(promotion: PromotionStore) -> list[dict[str, Any]]:
+    """Every scored version (the baseline included) with its decision time and chart scores, oldest first."""
+    out = []
+    for version, record in promotion.all().items():
+        point: dict[str, Any] = {"version": version, "decided_at": record.decided_at, "decision": record.decision}
+        point.update({name: record.scores.get(name) for name in CANARY_CHART_SCORES})
+        out.append(point)
+    out.sort(key=lambda p: (p["decided_at"], p["version"]))
     return out
