@@ -535,12 +535,14 @@ class BrokerCollector(Collector):
         scores = {
             name: GaugeMetricFamily(
                 f"dso_adapter_canary_{name}",
-                f"Canary {name.replace('_', ' ')} of one adapter version on the probe set (newest scored versions only).",
+                f"Canary {name.replace('_', ' ')} of one adapter version on the probe set (newest scored versions "
+                "and the base model, version 0).",
                 labels=["adapter_version"],
             )
             for name in CANARY_SCORES
         }
-        for version in sorted(records)[-self.recent_versions :]:
+        shown = set(sorted(records)[-self.recent_versions :]) | ({0} & records.keys())  # the baseline: the ratios' reference
+        for version in sorted(shown):
             for name, family in scores.items():
                 value = records[version].scores.get(name)
                 if value is not None:

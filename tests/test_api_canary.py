@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from conftest_broker import make_settings, valkey_server  # noqa: F401
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from dso.api.app import create_app
 from dso.broker import Broker
 from dso.broker.promotion import CanaryRecord, Decision
 from dso.config import ApiSettings, Settings
-from dso.telemetry import LoopMetrics
+from dso.telemetry import BrokerCollector, LoopMetrics
 
 PROMTOOL = shutil.which("promtool")
 WEIGHTS = "adapter_model.safetensors"
@@ -173,3 +173,11 @@ def test_openapi_documents_the_canary(client: TestClient) -> None:
     assert {"promoted_version", "decisions"} <= set(schemas["StatsResponse"]["properties"])
     assert {"canary", "promoted_version"} <= set(schemas["StabilityHistory"]["properties"])
     assert set(schemas["Decision"]["enum"]) == {"promoted", "refused", "superseded", "baseline"}
+
+
+def test_per_version_canary_gauges_keep_the_newest_versions_and_the_baseline(scored: Broker) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BrokerCollector(scored, recent_versions=1))
+    text = generate_latest(registry).decode()
+    versions = sorted(line.split('"')[1] for line in text.splitlines() if line.startswith("dso_adapter_canary_chamfer{"))
+    assert versions == ["0", "2"]  # v1 left the window; v0 stays, the reference of every ratio
