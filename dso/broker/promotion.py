@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import json
 import time
-from enum import StrEnum
 from typing import Any
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from dso.broker.keys import KeySpace
+from dso.evaluate.gate import Decision  # defined with the gate (pure); re-exported here for the broker's readers
+
+__all__ = ["CanaryRecord", "Decision", "PromotionStore"]
 
 PROMOTIONS_STREAM = "promotions"
 PROMOTIONS_MAXLEN = 1000
@@ -49,15 +51,6 @@ if moved == 1 then
 end
 return moved
 """
-
-
-class Decision(StrEnum):
-    """What the gate made of a candidate."""
-
-    promoted = "promoted"  # within every bound: generators and /v1/adapters/latest move to it
-    refused = "refused"  # outside a bound: never served; the learner rolls back
-    superseded = "superseded"  # a newer candidate was published before this one was scored
-    baseline = "baseline"  # version 0, the base model: the reference the bounds are relative to
 
 
 class CanaryRecord(BaseModel):
@@ -146,6 +139,18 @@ class PromotionStore:
                 }
             )
         return out
+
+    def decisions_after(self, last_id: str = "0-0", count: int = PROMOTIONS_MAXLEN) -> tuple[str, list[dict[str, Any]]]:
+        """Decisions recorded after stream id ``last_id`` (oldest first) and the id to pass next time.
+
+        A cheap poll for followers such as the learner (one XRANGE, usually empty).
+        """
+        entries = self.client.xrange(self.stream_key, min=f"({last_id}", count=count)
+        out = []
+        for entry_id, fields in entries:
+            last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            out.append({"id": last_id, "version": int(fields[b"version"]), "decision": fields[b"decision"].decode()})
+        return last_id, out
 
     def wait_for_promoted(self, than: int, timeout_s: float) -> int | None:
         """Block up to ``timeout_s`` for a promoted version newer than ``than``; returns it, or None.
