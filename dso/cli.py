@@ -25,12 +25,16 @@ def generate(
     out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
     adapter: Path | None = typer.Option(None, help="A PEFT adapter directory to apply."),
     seed: int = typer.Option(0, help="Seed of the first sample; sample j of image i uses seed + i*K + j."),
-    samples: int = typer.Option(1, "--samples", "-k", help="Shapes per image (K)."),
+    samples: int = typer.Option(1, "--samples", "-k", min=1, help="Shapes per image (K)."),
     mesh_format: str = typer.Option("glb", "--format", help="Mesh format: glb, ply, obj or stl."),
-    batch: int = typer.Option(4, help="Images per batch."),
+    batch: int = typer.Option(4, min=1, help="Images per batch."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Generate 3-D shapes from prompt images: a mesh and a .npy occupancy grid per sample."""
+    """Generate 3-D shapes from prompt images: a mesh and a .npy occupancy grid per sample.
+
+    Exit status is 0 when every image was read and generated from, 1 when some could not be
+    read (the others are still generated), 2 for bad arguments or when no image could be read.
+    """
     from tqdm import tqdm
 
     from dso.config import load_settings
@@ -40,6 +44,10 @@ def generate(
 
     if mesh_format not in MESH_FORMATS:
         raise typer.BadParameter(f"--format must be one of {', '.join(MESH_FORMATS)}")
+    try:  # before the model loads: a bad output path is an argument error, not a traceback after minutes
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot create output directory {out}: {exc.strerror or exc}", param_hint="'-o' / '--out'") from exc
     settings = load_settings(config or "tiny")
     gen = Generator.from_settings(settings)
     if adapter is not None:
@@ -51,8 +59,8 @@ def generate(
         except (InvalidImageError, OSError) as exc:
             typer.secho(f"skipping {path}: {exc}", fg="red", err=True)
     if not loaded:
+        typer.secho(f"error: none of the {len(images)} images could be read", fg="red", err=True)
         raise typer.Exit(code=2)
-    out.mkdir(parents=True, exist_ok=True)
     records = []
     for start in tqdm(range(0, len(loaded), batch), desc="generating", unit="batch"):
         chunk = loaded[start : start + batch]
@@ -66,6 +74,9 @@ def generate(
             records.append({"image": str(src), "seed": shape.seed, "occupied_voxels": int(shape.occupancy.sum()), "stem": stem})
     (out / "samples.json").write_text(json.dumps(records, indent=2))
     typer.echo(f"wrote {len(records)} samples to {out}")
+    if len(loaded) < len(images):
+        typer.secho(f"error: {len(images) - len(loaded)} of {len(images)} images could not be read (see above)", fg="red", err=True)
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -158,10 +158,11 @@ class EmbeddedValkey:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            owner = read_server_info(self.data_dir)
+            owner = read_server_info(self.data_dir) or {}
+            who = f"pid {owner.get('owner_pid', '?')}, {owner.get('url', 'URL unknown')}" if owner else "owner unknown"
             raise BrokerServerError(
-                f"{self.data_dir} is already served by another process ({owner or 'owner unknown'}); "
-                "connect to it by URL instead of starting a second server"
+                f"{self.data_dir} is already served by another process ({who}): another `dso run` on this run "
+                "directory? Stop it, pick another run directory, or connect to its server by URL (--redis)"
             ) from None
         return handle
 

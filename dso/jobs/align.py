@@ -12,6 +12,8 @@ import argparse
 import logging
 import sys
 
+from dso.api.server import PortInUseError
+from dso.broker.server import BrokerServerError
 from dso.jobs.session import run_loop, session_settings
 
 
@@ -29,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = session_settings(args.config, args.duration, args.redis, api=args.api)
-    summary = run_loop(settings, ray_address=args.address)
+    try:
+        summary = run_loop(settings, ray_address=args.address)
+    except (PortInUseError, BrokerServerError) as exc:  # expected conditions: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0 if summary is not None else 1
 
 

@@ -14,14 +14,21 @@ def run(
     duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds (default: loop.duration_s, else Ctrl-C)."),
     redis: str | None = typer.Option(None, "--redis", help="Redis URL (default: an embedded Valkey in the run dir)."),
     api: bool | None = typer.Option(None, "--api/--no-api", help="Serve the HTTP API on api.host:api.port (default: loop.api_enabled, on)."),
+    host: str | None = typer.Option(None, "--host", help="Address the API and every metrics server bind to (default: api.host)."),
+    port: int | None = typer.Option(None, "--port", min=0, max=65535, help="API port (default: api.port; 0: any free port)."),
 ) -> None:
-    """Run the self-improving loop locally: generators, simulators and the learner on a local Ray, plus the HTTP API."""
+    """Run the self-improving loop locally: generators, simulators and the learner on a local Ray, plus the HTTP API.
+
+    Exit status: 0 after a clean run, 2 when the loop cannot start (API port busy, run
+    directory served by another process), 1 otherwise.
+    """
     from dso.api.server import PortInUseError
+    from dso.broker.server import BrokerServerError
     from dso.jobs.local import run_local
 
     try:
-        summary = run_local(config, duration, redis, api=api)
-    except PortInUseError as exc:
+        summary = run_local(config, duration, redis, api=api, host=host, port=port)
+    except (PortInUseError, BrokerServerError) as exc:  # expected conditions: one line, no traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     if summary is None:

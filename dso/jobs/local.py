@@ -16,6 +16,8 @@ def run_local(
     redis_url: str | None = None,
     console: Console | None = None,
     api: bool | None = None,
+    host: str | None = None,
+    port: int | None = None,
 ) -> LoopSummary:
-    settings = session_settings(config, duration_s, redis_url, api)
+    settings = session_settings(config, duration_s, redis_url, api, host=host, port=port)
     return run_loop(settings, ray_address=None, console=console)

@@ -30,10 +30,19 @@ log = logging.getLogger(__name__)
 
 
 def session_settings(
-    config: str | Path | None, duration_s: float | None, redis_url: str | None, api: bool | None = None
+    config: str | Path | None,
+    duration_s: float | None,
+    redis_url: str | None,
+    api: bool | None = None,
+    host: str | None = None,
+    port: int | None = None,
 ) -> Settings:
     """Config file (default: the embedded tiny config) with the command-line overrides applied."""
     settings = load_settings(config or "tiny")
+    if host is not None:
+        settings.api.host = host
+    if port is not None:
+        settings.api.port = port
     if duration_s is not None:
         settings.loop.duration_s = duration_s
     if redis_url:
