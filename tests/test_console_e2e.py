@@ -1,6 +1,7 @@
 """The web console end to end: a running loop on the embedded default, driven in headless Chromium.
 
-Checks what a user sees: the chart has data and adapter markers, the gallery shows
+Checks what a user sees: the chart has data, adapter markers and the canary's score per
+version, the adapter link and its "promoted vN" label follow the promoted version, the gallery shows
 samples with verdict badges that match the API, the filters work, a sample opens in
 the 3-D view (upright and resting pose), a dropped PNG appears in the prompt list, a
 dropped text file shows the API's own 415 message, the page fits 1280 px and 390 px
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from dso.api.app import create_app
 from dso.api.server import ApiServer
 from dso.broker import Broker
+from dso.broker.promotion import CanaryRecord, Decision
 from dso.broker.server import EmbeddedValkey
 from dso.config import Settings
 from dso.telemetry import LoopMetrics
@@ -73,6 +75,20 @@ def without_addresses(text: str) -> str:
     return re.sub(r"0x[0-9a-f]+", "0x?", text)
 
 
+def wait_promoted_shown(driver, broker: Broker, timeout_s: float = UI_TIMEOUT_S) -> int:
+    """The label and the download link name the broker's promoted version; returns it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        promoted = broker.promotion.promoted()
+        label, link = driver.execute_script("return [document.getElementById('promoted-label').textContent, "
+                                            "document.getElementById('adapter-link').getAttribute('href')]")
+        if label == f"promoted v{promoted}" and link == f"/v1/adapters/{promoted}/archive":
+            return promoted
+        if time.monotonic() > deadline:
+            raise AssertionError(f"label {label!r} and link {link!r} never showed promoted v{promoted}")
+        time.sleep(0.2)
+
+
 def png_bytes(seed: int) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 4), dtype=np.uint8)
     pixels[..., 3] = 255
@@ -104,6 +120,10 @@ def test_console_shows_the_loop_learning(loop):
     loop.wait_for(lambda: broker.replay.counts()["unstable"] >= 2 and broker.replay.counts()["stable"] >= 4,
                   60, "both verdicts in the replay buffer")
     loop.wait_for(lambda: (broker.adapters.latest() or 0) >= 1, 60, "a published adapter")
+    # the canary's part (no canary runs in this loop): the base model's reference, then v1 passes the gate
+    broker.promotion.record(CanaryRecord(version=0, decision=Decision.baseline, scores={"stable_ratio": 0.5}))
+    broker.promotion.record(CanaryRecord(version=1, decision=Decision.promoted, scores={"stable_ratio": 0.75},
+                                         reasons=["within every bound"]))
 
     driver = browser(DESKTOP, 900)
     try:
@@ -120,6 +140,13 @@ def test_console_shows_the_loop_learning(loop):
         link = wait_js(driver, "document.getElementById('adapter-link').getAttribute('aria-disabled') === 'false' "
                                "&& document.getElementById('adapter-link').getAttribute('href')", what="adapter link")
         assert link.startswith("/v1/adapters/") and link.endswith("/archive")
+        # the canary's score per version is on the chart, and the link follows the promoted version, not the newest
+        wait_js(driver, "document.querySelector('#chart .canary-mark.promoted[data-version=\"1\"]') && "
+                        "document.querySelector('#chart .canary-mark.baseline[data-version=\"0\"]')",
+                what="the canary's markers")
+        assert driver.execute_script("return document.querySelectorAll('#chart .canary-line').length") == 1
+        assert "canary" in driver.execute_script("return document.getElementById('chart-caption').textContent")
+        wait_promoted_shown(driver, broker)
 
         # the gallery shows the newest samples with verdict badges that agree with the API (which verdicts depends on
         # how many samples the generator made since the falling shapes: the verdict filter below finds those)

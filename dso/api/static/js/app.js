@@ -15,7 +15,7 @@ const ui = {
   gallery: $('gallery'), galleryEmpty: $('gallery-empty'), filterPrompt: $('filter-prompt'),
   filterVerdict: $('filter-verdict'), promptList: $('prompt-list'), promptCount: $('prompt-count'),
   viewer: $('viewer'), viewerCaption: $('viewer-caption'), poseUpright: $('pose-upright'),
-  poseResting: $('pose-resting'), adapterLink: $('adapter-link'), token: $('token-input'),
+  poseResting: $('pose-resting'), adapterLink: $('adapter-link'), promoted: $('promoted-label'), token: $('token-input'),
 };
 const view = { selected: null, pose: 'upright', fresh: new Set(), history: null };
 
@@ -41,22 +41,33 @@ function showFigures(stats) {
 function showHistory(history) {
   view.history = history;
   const points = drawChart(ui.chart, history);
+  const canary = Number(ui.chart.dataset.canary) > 0
+    ? "; purple: the canary's % stable on its probe set per scored version (filled ◆ promoted, ✕ refused)" : '';
   ui.chartCaption.textContent = points
-    ? `stability rate of the last ${history.events} verdicts in ${history.buckets.length} time slices; dashed lines: adapter versions published`
+    ? `stability rate of the last ${history.events} verdicts in ${history.buckets.length} time slices; dashed lines: adapter versions published${canary}`
     : 'waiting for verdicts…';
 }
 
+// "latest" is the promoted version (the one generators follow), not the newest publish
 async function refreshAdapter() {
   try {
     const latest = await getJson('/v1/adapters/latest');
     ui.adapterLink.textContent = `download adapter v${latest.version}`;
     ui.adapterLink.href = latest.archive_url;
     ui.adapterLink.setAttribute('aria-disabled', 'false');
+    const stable = latest.canary?.scores?.stable_ratio;
+    ui.promoted.textContent = `promoted v${latest.version}`;
+    ui.promoted.title = `generators follow v${latest.version}` + (stable === undefined ? '' : `; canary: ${pct(stable)} stable on its probe set`);
+    ui.promoted.classList.remove('base');
   } catch (err) {
     if (err.status !== 404) throw err;
-    ui.adapterLink.textContent = 'no adapter published yet (base model)';
+    const waiting = err.detail.includes('promoted');
+    ui.adapterLink.textContent = waiting ? 'no adapter promoted yet (base model)' : 'no adapter published yet (base model)';
     ui.adapterLink.removeAttribute('href');
     ui.adapterLink.setAttribute('aria-disabled', 'true');
+    ui.promoted.textContent = 'promoted: base model';
+    ui.promoted.title = waiting ? err.detail : 'generators use the base model (version 0)';
+    ui.promoted.classList.add('base');
   }
 }
 

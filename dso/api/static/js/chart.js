@@ -1,9 +1,12 @@
-// The stability-rate chart: hand-written SVG, rate per time slice, adapter versions as dashed markers.
+// The stability-rate chart: hand-written SVG, rate per time slice, adapter versions as dashed markers, and the
+// canary's % stable on its fixed probe set per scored version (promoted: filled diamond, refused: cross).
 const SVG = 'http://www.w3.org/2000/svg';
 const H = 240;
 const MIN_W = 300;
 const PAD = { left: 40, right: 14, top: 22, bottom: 26 };
 const LABEL_GAP = 30; // px between adapter labels; a marker closer than this to the last label stays unlabelled
+const MARK = 5; // px half-size of a canary marker
+const pct = (r) => `${Math.round(r * 100)}%`;
 
 function el(name, attrs = {}, text) {
   const node = document.createElementNS(SVG, name);
@@ -77,7 +80,34 @@ export function drawChart(svg, history) {
     dot.append(el('title', {}, `${Math.round(b.stability_rate * 100)}% of ${judged} (${clock(b.start)}–${clock(b.end)})`));
     svg.append(dot);
   }
+  const canary = drawCanary(svg, history, t0, t1, x, y);
   svg.dataset.points = String(points.length);
   svg.dataset.versions = String(shown.length);
+  svg.dataset.canary = String(canary.length);
+  svg.dataset.promoted = String(history.promoted_version ?? 0);
   return points.length;
+}
+
+/** One marker per scored version at its decision time, joined by a dashed line; returns the points drawn. */
+function drawCanary(svg, history, t0, t1, x, y) {
+  const points = (history.canary || []).filter(
+    (p) => p.stable_ratio !== null && p.stable_ratio !== undefined && p.decided_at >= t0 && p.decided_at <= t1);
+  if (!points.length) return points;
+  const d = points.map((p, i) => `${i ? 'L' : 'M'}${x(p.decided_at).toFixed(1)},${y(p.stable_ratio).toFixed(1)}`).join('');
+  svg.append(el('path', { class: 'canary-line', d }));
+  for (const p of points) {
+    const cx = x(p.decided_at), cy = y(p.stable_ratio);
+    const mark = el('g', { class: `canary-mark ${p.decision}`, 'data-version': p.version, 'data-decision': p.decision });
+    if (p.decision === 'refused') {
+      mark.append(el('path', { d: `M${cx - MARK},${cy - MARK}L${cx + MARK},${cy + MARK}M${cx - MARK},${cy + MARK}L${cx + MARK},${cy - MARK}` }));
+    } else {
+      mark.append(el('path', { d: `M${cx},${cy - MARK}L${cx + MARK},${cy}L${cx},${cy + MARK}L${cx - MARK},${cy}Z` }));
+    }
+    const extra = [p.paired_drift, p.chamfer].some((v) => v !== null && v !== undefined)
+      ? `; paired drift ${p.paired_drift?.toFixed(3) ?? '–'}, Chamfer ${p.chamfer?.toFixed(3) ?? '–'}` : '';
+    const label = p.version === 0 ? 'base model' : `adapter v${p.version}`;
+    mark.append(el('title', {}, `canary: ${label} ${p.decision}, ${pct(p.stable_ratio)} stable on the probe set${extra} (${clock(p.decided_at)})`));
+    svg.append(mark);
+  }
+  return points;
 }
