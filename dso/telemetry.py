@@ -287,7 +287,7 @@ class MetricsServer:
 
 def start_metrics_server(
     port: int = 9100,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",  # loopback unless asked: callers pass api.host (0.0.0.0 in the Helm chart)
     span: int = 1,
     registry: CollectorRegistry = REGISTRY,
 ) -> MetricsServer:
@@ -427,16 +427,19 @@ def start_process_metrics(
     component: str,
     api_settings: Any,
     broker: Any = None,
-    host: str = "0.0.0.0",
+    host: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ProcessMetrics:
     """The one call a loop process makes at start: serve ``/metrics`` and announce it.
 
     The port is ``$DSO_METRICS_PORT`` if set, else ``api_settings.metrics_port``
     (``settings.api``); the next ``metrics_port_span - 1`` ports are tried when it is
-    taken (several actors on one host). With a ``dso.broker.Broker`` the address is
-    announced for the API's HTTP service discovery and kept fresh by a daemon thread.
+    taken (several actors on one host). It binds ``host`` (default ``api_settings.host``:
+    127.0.0.1 unless configured, as the API, so metrics are never more exposed than the API).
+    With a ``dso.broker.Broker`` the address is announced for the API's HTTP service
+    discovery and kept fresh by a daemon thread.
     """
+    host = api_settings.host if host is None else host
     env = os.environ if environ is None else environ
     port = int(env.get(METRICS_PORT_ENV, api_settings.metrics_port))
     server = start_metrics_server(port, host=host, span=api_settings.metrics_port_span)

@@ -181,3 +181,18 @@ def test_process_metrics_take_the_env_port_and_announce_themselves(broker: Broke
     finally:
         running.stop()
     assert targets.live() == []  # withdrawn on a clean stop
+
+
+def test_process_metrics_bind_the_configured_api_host_not_every_interface() -> None:
+    """Actors' /metrics were on 0.0.0.0 while the API was on 127.0.0.1: they now follow api.host."""
+    running = start_process_metrics("simulator", ApiSettings(metrics_port=0), environ={})
+    try:
+        assert running.server.host == ApiSettings().host == "127.0.0.1"
+        assert running.server.server.server_address[0] == "127.0.0.1"
+    finally:
+        running.stop()
+    bare = start_metrics_server(0, registry=CollectorRegistry())  # no host given: loopback too
+    try:
+        assert bare.server.server_address[0] == "127.0.0.1"
+    finally:
+        bare.stop()
