@@ -56,7 +56,8 @@ def test_dashboard_imports_anywhere() -> None:
     assert len(ids) == len(set(ids))
     titles = " ".join(p["title"].lower() for p in board["panels"])
     for topic in ("stability rate", "per adapter version", "throughput", "queue", "dead letters", "loss",
-                  "staleness", "publish-to-adopt"):
+                  "staleness", "publish-to-adopt", "canary stable %", "paired drift", "chamfer ratio", "promoted",
+                  "decisions"):
         assert topic in titles, topic
 
 
@@ -72,6 +73,7 @@ def test_dashboard_queries_only_metrics_that_exist(exported_names: set[str]) -> 
     missing = referenced - exported_names
     assert not missing, f"dashboard queries metrics nobody exports: {sorted(missing)}"
     assert {"dso_samples_labelled", "dso_queue_length", "dso_learner_loss"} <= referenced
+    assert {"dso_adapter_promoted_version", "dso_adapter_canary_stable_ratio", "dso_canary_decisions"} <= referenced
 
 
 @needs_promtool
