@@ -195,7 +195,7 @@ class OfflineTrainingLoop:
         self.planner.load_state(json.loads((path / PLANNER_FILE).read_text()))
         rank_rng = path / RANK_RNG_FILE.format(rank=self.parallel.rank)
         if self.parallel.world_size > 1 and rank_rng.is_file():
-            self.tuner.generator.set_state(torch.load(rank_rng))
+            self.tuner.generator.set_state(torch.load(rank_rng, weights_only=True))  # a tensor: nothing to unpickle
         if self.parallel.is_main:
             self._truncate_metrics(step)
         return step
