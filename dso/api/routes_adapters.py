@@ -28,7 +28,9 @@ from dso.broker.promotion import CanaryRecord
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"], dependencies=[Depends(require_read)])
 VersionRef = Annotated[
-    str, Path(pattern=r"^(latest|[1-9][0-9]{0,8})$", description="a version number, or 'latest' (the promoted version)", examples=["latest", "3"])
+    str,
+    Path(pattern=r"^(latest|[1-9][0-9]{0,8})$", description="a version number, or 'latest' (the promoted version)",
+         examples=["latest", "3"]),
 ]
 FileName = Literal["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
 MEDIA_TYPES = {".json": "application/json", ".safetensors": "application/octet-stream"}
@@ -96,7 +98,8 @@ def _info(ctx: ApiContext, version: int, latest: int | None, promoted: int, reco
     )
 
 
-@router.get("", response_model=AdapterList, summary="Published adapter versions with their manifests and canary decisions",
+@router.get("", response_model=AdapterList,
+            summary="Published adapter versions with their manifests and canary decisions",
             responses=error_responses(401, 500, 503))
 def list_adapters(ctx: ApiContext = Depends(get_context)) -> AdapterList:
     store = ctx.broker.adapters

@@ -121,7 +121,9 @@ class AdapterInfo(BaseModel):
 
 class AdapterList(BaseModel):
     latest: int | None = Field(None, description="newest published version; null before the first publish")
-    promoted: int = Field(0, description="the version /v1/adapters/latest serves; 0 (the base model) before any promotion")
+    promoted: int = Field(
+        0, description="the version /v1/adapters/latest serves; 0 (the base model) before any promotion"
+    )
     items: list[AdapterInfo]
 
 
@@ -299,7 +301,9 @@ class CanaryPoint(BaseModel):
     decided_at: float = Field(description="Unix time of the decision")
     decision: Decision
     stable_ratio: float | None = Field(None, description="stable share of the probe samples")
-    paired_drift: float | None = Field(None, description="mean Chamfer to the base model's sample of the same prompt and seed")
+    paired_drift: float | None = Field(
+        None, description="mean Chamfer to the base model's sample of the same prompt and seed"
+    )
     chamfer: float | None = Field(None, description="Chamfer to ground truth on the probe set")
 
 
