@@ -445,6 +445,7 @@ class CanarySettings(Section):
     batch_prompts: int = Field(8, ge=1)  # probe prompts per generator forward batch (x seeds samples each)
     poll_s: float = Field(1.0, gt=0)  # the actor waits up to this long for a publish (bounds its stop latency)
     num_cpus: float = Field(0.25, gt=0)  # Ray CPUs of the canary actor
+    num_gpus: float = Field(0.0, ge=0)  # Ray GPUs of the canary actor (set with device: cuda)
     device: str = "cpu"
 
 

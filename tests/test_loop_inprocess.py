@@ -30,7 +30,7 @@ def model_folder(tmp_path_factory):
 @pytest.fixture()
 def loop_env(tmp_path, model_folder, valkey_server):  # noqa: F811
     broker_values = make_settings(tmp_path, redis_url=valkey_server.url, max_backlog=32, replay_capacity=64).model_dump()
-    settings = loop_test_settings(model_folder, broker_values)
+    settings = loop_test_settings(model_folder, broker_values, canary={"enabled": False})  # every publish promoted
     broker = Broker.open(settings.broker)
     seed_default_prompts(broker.prompts, settings)
     yield settings, broker

@@ -51,7 +51,7 @@ def ray_settings(model_folder, run_dir, api_port: int | None = None, **loop) -> 
     settings = loop_test_settings(
         model_folder, broker, simulator_num_cpus=0.5, generator_num_cpus=0.5, learner_num_cpus=0.5,
         ray_num_cpus=2, publish_every=3, drain_timeout_s=10.0, progress_interval_s=5.0,
-        api_enabled=api_port is not None, **loop,
+        api_enabled=api_port is not None, canary={"enabled": False}, **loop,  # tests/test_canary_loop.py runs one
     )
     if api_port is not None:
         settings.api.port = api_port

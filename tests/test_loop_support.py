@@ -51,12 +51,16 @@ def export_trainable_tiny_model(folder: Path, seed: int = 0) -> tuple[Path, Sett
     return export_tiny_folder(modules, settings, folder), settings
 
 
-def loop_test_settings(model_folder: Path, broker_values: dict[str, Any], **loop: Any) -> Settings:
-    """Tiny-config settings pointing at a test model folder and a test broker."""
+def loop_test_settings(
+    model_folder: Path, broker_values: dict[str, Any], canary: dict[str, Any] | None = None, **loop: Any
+) -> Settings:
+    """Tiny-config settings pointing at a test model folder and a test broker (``canary``: canary section overrides;
+    ``{"enabled": False}`` makes the learner promote every publish, so generators adopt it without a canary)."""
     settings = load_settings("tiny", environ={"DSO__MODEL__WEIGHTS_PATH": str(model_folder)})
     data = settings.model_dump()
     data["broker"] = broker_values
     data["loop"] = {**LOOP_OVERRIDES, **loop}
+    data["canary"].update(canary or {})
     data["sampler"]["steps"] = 4  # fewer flow steps: the loop, not sample quality, is under test
     data["sim"]["max_time"] = 2.0
     return Settings.model_validate(data)

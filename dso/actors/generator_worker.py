@@ -2,7 +2,8 @@
 
 Every sample carries the adapter version that made it. Between batches (never
 inside one, so a batch has exactly one version) the worker looks for a newer
-published adapter and hot-swaps it into the live model with
+*promoted* adapter (``broker.promotion``: the canary passed it, or every publish
+when the canary is off) and hot-swaps it into the live model with
 :class:`dso.models.lora.AdapterSwapper`, which proves the swap changed the
 model's output; the publish-to-adopt latency goes to the Prometheus histogram
 (:mod:`dso.telemetry`) and to the run's :class:`AdoptionLog`.
@@ -82,14 +83,15 @@ class GeneratorWorker:
     # --- adapters -----------------------------------------------------------------
 
     def latest_version(self) -> int:
-        """The newest announced version (registry), falling back to the store's pointer."""
+        """The promoted version (the canary's decision; without a canary every publish is promoted).
+
+        Never the newest publish: a candidate the gate has not passed is never served.
+        """
         if self.loop.adopt_poll_s > 0:
-            newer = self.broker.registry.wait_for_newer(self.version, self.loop.adopt_poll_s)
+            newer = self.broker.promotion.wait_for_promoted(self.version, self.loop.adopt_poll_s)
             if newer is not None:
                 return newer
-        announced = self.broker.registry.latest()
-        stored = self.broker.adapters.latest()
-        return max(announced or 0, stored or 0)
+        return self.broker.promotion.promoted()
 
     def maybe_adopt(self) -> int | None:
         """Hot-swap to the newest adapter if it is newer than the live one; returns the version adopted."""

@@ -6,6 +6,9 @@ then, once both classes are present, trains one step on a class-balanced draw
 of fresh-enough samples (``broker.max_staleness_versions``). Every
 ``loop.publish_every`` steps it checkpoints (adapter, optimiser, step, RNG,
 version) into the run directory and publishes the adapter as the next version.
+When the canary refuses a version of its line, the learner rolls back to the
+promoted adapter (``gate.rollback``) and publishes onwards from there; without a
+canary it promotes each publish itself.
 A restarted learner loads that checkpoint and continues the version sequence
 from the adapter store, and the replay buffer lives on in Redis.
 
@@ -33,8 +36,9 @@ import torch
 from dso import telemetry
 from dso.actors.prompt_images import PromptImages
 from dso.api.prompt_stats import PromptStats
-from dso.broker.adapter_store import AdapterManifest
+from dso.broker.adapter_store import AdapterManifest, AdapterStoreError
 from dso.broker.broker import Broker
+from dso.broker.promotion import CanaryRecord, Decision
 from dso.broker.records import LabelledRecord
 from dso.broker.replay import IngestResult
 from dso.config import Settings
@@ -102,8 +106,14 @@ class Learner:
             self.resumed_from_step = self.tuner.load(self.checkpoint_dir)
             log.info("%s: resumed from step %d", name, self.resumed_from_step)
         self._step_allowance_base = self.tuner.step  # a resumed learner is not held back by its past steps
-        saved = self._read_state().get("version", 0)
+        state = self._read_state()
+        saved = state.get("version", 0)
         self.version = max(broker.adapters.latest() or 0, int(saved))
+        # the version the live adapter descends from: the last publish, or the promoted one after a rollback
+        self.parent_version = int(state.get("parent_version", self.version)) if int(saved) == self.version else self.version
+        self.refusals_handled = int(state.get("refusals_handled", 0))  # refused versions up to this one are dealt with
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self._decisions_id = "0-0"  # position in the promotion decision stream (re-read from the start on restart)
         self.prompt_stats = PromptStats.for_broker(broker)
         telemetry.set_adapter_version("learner", self.version)
 
@@ -118,8 +128,15 @@ class Learner:
     def checkpoint(self) -> Path:
         """Adapter + optimiser + step + RNG (FineTuner.save) and the version it trains on, atomically each."""
         self.tuner.save(self.checkpoint_dir)
-        write_json_atomic(self.checkpoint_dir / STATE_FILE, {"step": self.tuner.step, "version": self.version})
+        self._write_state()
         return self.checkpoint_dir
+
+    def _write_state(self) -> None:
+        state = {
+            "step": self.tuner.step, "version": self.version, "parent_version": self.parent_version,
+            "refusals_handled": self.refusals_handled, "rollbacks": self.rollbacks,
+        }
+        write_json_atomic(self.checkpoint_dir / STATE_FILE, state)
 
     def publish(self, metrics: dict[str, float]) -> AdapterManifest:
         """Checkpoint, then publish the adapter as the next version (the store moves LATEST and notifies)."""
@@ -130,13 +147,59 @@ class Learner:
             step=self.tuner.step,
             objective=self.settings.objective.name,
             metrics=finite,
-            parent_version=self.version,
+            parent_version=self.parent_version,
         )
-        self.version = manifest.version
-        write_json_atomic(self.checkpoint_dir / STATE_FILE, {"step": self.tuner.step, "version": self.version})
+        self.version = self.parent_version = manifest.version
+        self._write_state()
         telemetry.observe_adapter_published(self.version)  # also sets the learner's adapter-version gauge
         log.info("%s: published adapter version %d at step %d", self.name, self.version, self.tuner.step)
+        if not self.settings.canary.enabled:  # no canary: every publish is promoted, generators follow promoted
+            self.broker.promotion.record(
+                CanaryRecord(version=self.version, decision=Decision.promoted, reasons=["no canary: promoted on publish"])
+            )
         return manifest
+
+    # --- rollback ------------------------------------------------------------------
+
+    def maybe_rollback(self) -> bool:
+        """Back to the promoted adapter when the canary refused a version this adapter descends from.
+
+        One XRANGE of the decision stream per call (usually empty). A refused version outside this
+        learner's line (not an ancestor of what it trains) is noted and ignored.
+        """
+        self._decisions_id, decisions = self.broker.promotion.decisions_after(self._decisions_id)
+        refused = {d["version"] for d in decisions if d["decision"] == Decision.refused.value and d["version"] > self.refusals_handled}
+        if not refused:
+            return False
+        self.refusals_handled = max(refused)
+        promoted = self.broker.promotion.promoted()
+        if not self.settings.gate.rollback or not self._descends_from(refused, promoted):
+            self._write_state()
+            return False
+        self.tuner.restore(self.broker.adapters.path(promoted) if promoted else None)
+        self.parent_version = promoted
+        self.refusals_handled = max(self.refusals_handled, self.version)  # everything published so far is behind us
+        self.rollbacks += 1
+        self.checkpoint()  # a restart resumes from the promoted weights, not the refused line
+        log.warning(
+            "%s: v%s refused by the canary; rolled back to promoted v%d (rollback %d)",
+            self.name, ",".join(map(str, sorted(refused))), promoted, self.rollbacks,
+        )
+        return True
+
+    def _descends_from(self, versions: set[int], promoted: int) -> bool:
+        """Whether the live adapter's line (parent_version and its parents, newer than ``promoted``) meets ``versions``."""
+        version: int | None = self.parent_version
+        seen: set[int] = set()
+        while version and version > promoted and version not in seen:
+            if version in versions:
+                return True
+            seen.add(version)
+            try:
+                version = self.broker.adapters.manifest(version).parent_version
+            except AdapterStoreError:
+                return False
+        return False
 
     # --- data ----------------------------------------------------------------------
 
@@ -223,6 +286,7 @@ class Learner:
     # --- one step --------------------------------------------------------------------
 
     def step(self) -> LearnerStep:
+        self.maybe_rollback()
         out = LearnerStep(ingested=self.ingest())
         self._ingested += out.ingested
         if not self.within_replay_ratio() or not self.ready():
@@ -247,5 +311,6 @@ class Learner:
         elif self.loop.checkpoint_every and self.tuner.step % self.loop.checkpoint_every == 0:
             self.checkpoint()
         extras = {k: v for k, v in metrics.items() if k not in ("loss", "step") and math.isfinite(v)}
+        extras["rollbacks"] = self.rollbacks
         self.broker.stats.record_learner(self.tuner.step, metrics["loss"], self.version, **extras)
         return out

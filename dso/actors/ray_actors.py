@@ -145,8 +145,27 @@ class LearnerActor(_RoleActor):
             "step": self.learner.tuner.step,
             "version": self.learner.version,
             "resumed_from_step": self.learner.resumed_from_step,
+            "rollbacks": self.learner.rollbacks,
             "outages": outages,
         }
+
+
+@ray.remote(max_concurrency=2)
+class CanaryActor(_RoleActor):
+    """Scores each published candidate on the fixed probe; the gate decides what generators may run."""
+
+    def __init__(self, settings: Settings, redis_url: str, name: str) -> None:
+        self._init_role(settings, name)
+        from dso.actors.canary import CanaryWorker
+
+        self.broker = _open_broker(settings, redis_url)
+        self.worker = CanaryWorker(self.broker, settings)
+        self._start_exporter("canary")
+
+    def run(self) -> dict[str, Any]:
+        # blocks up to canary.poll_s per step (for a publish or the interval), so stop() is heard within that
+        outages = self._loop(lambda: self.worker.step(wait_s=self.settings.canary.poll_s))
+        return {"name": self.name, "scored": self.worker.scored, "decided": self.worker.last_decided, **self.worker.counts, "outages": outages}
 
 
 def actor_options(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -156,4 +175,5 @@ def actor_options(settings: Settings) -> dict[str, dict[str, Any]]:
         "generator": {"num_cpus": loop.generator_num_cpus, "num_gpus": loop.generator_num_gpus, "max_restarts": -1},
         "simulator": {"num_cpus": loop.simulator_num_cpus, "num_gpus": 0, "max_restarts": -1},
         "learner": {"num_cpus": loop.learner_num_cpus, "num_gpus": loop.learner_num_gpus, "max_restarts": -1},
+        "canary": {"num_cpus": settings.canary.num_cpus, "num_gpus": settings.canary.num_gpus, "max_restarts": -1},
     }

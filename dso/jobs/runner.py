@@ -24,7 +24,7 @@ from ray.exceptions import RayActorError, RayError
 from rich.console import Console
 
 from dso.actors.prompt_images import seed_default_prompts
-from dso.actors.ray_actors import GeneratorActor, LearnerActor, SimulatorActor, actor_options
+from dso.actors.ray_actors import CanaryActor, GeneratorActor, LearnerActor, SimulatorActor, actor_options
 from dso.broker.broker import Broker
 from dso.config import Settings
 from dso.jobs.summary import LoopSummary, collect_summary, progress_line
@@ -71,6 +71,8 @@ class LoopRunner:
             "learner", "learner-0",
             LearnerActor.options(**options["learner"]).remote(self.settings, url, "learner-0", str(self.run_dir)),
         )
+        if self.settings.canary.enabled:  # decides which publishes generators may run (else each is promoted)
+            self._add("canary", "canary-0", CanaryActor.options(**options["canary"]).remote(self.settings, url, "canary-0"))
         ray.get([a.handle.ready.remote() for a in self.actors])
         for actor in self.actors:
             actor.ref = actor.handle.run.remote()
@@ -153,7 +155,7 @@ class LoopRunner:
 
     def stop(self) -> None:
         """Generators first, drain, then simulators and learner; each gets ``loop.stop_timeout_s`` to finish."""
-        for roles in (("generator",), ("simulator", "learner")):
+        for roles in (("generator", "canary"), ("simulator", "learner")):
             if roles[0] == "simulator" and not self.drain():
                 self.console.print("queued work left pending; it is reclaimed on the next start")
             group = [a for a in self.actors if a.role in roles]

@@ -13,6 +13,7 @@ from rich.table import Table
 from dso.actors.adoptions import AdoptionLog
 from dso.broker.broker import Broker
 from dso.broker.keys import KeySpace
+from dso.broker.promotion import PromotionStore
 
 
 @dataclass
@@ -30,6 +31,7 @@ class LoopSummary:
     dead_letters: int
     adoption_latency_s: dict[str, float | None] = field(default_factory=dict)
     endpoints: dict[str, Any] = field(default_factory=dict)  # API URL, its metrics, each actor's /metrics
+    canary: dict[str, Any] = field(default_factory=dict)  # promoted version, decision counts, base vs promoted scores
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -50,7 +52,23 @@ def collect_summary(broker: Broker, run_dir: Path, seconds: float, endpoints: di
         dead_letters=int(broker.connection.client.xlen(broker.samples.dead_key)),
         adoption_latency_s=adoptions.latency_quantiles(),
         endpoints=dict(endpoints or {}),
+        canary=canary_summary(broker.promotion),
     )
+
+
+CANARY_SUMMARY_SCORES = ("stable_ratio", "paired_drift", "chamfer")
+
+
+def canary_summary(promotion: PromotionStore) -> dict[str, Any]:
+    """The promoted version, decision counts, and the base's and the promoted version's headline scores."""
+    records = promotion.all()
+    promoted = promotion.promoted()
+
+    def scores(version: int) -> dict[str, float] | None:
+        record = records.get(version)
+        return {k: record.scores[k] for k in CANARY_SUMMARY_SCORES if k in record.scores} if record and record.scores else None
+
+    return {"promoted": promoted, "counts": promotion.counts(), "base": scores(0), "promoted_scores": scores(promoted)}
 
 
 def _versions(versions: list[int]) -> str:
@@ -75,6 +93,24 @@ def progress_line(snapshot: dict[str, Any], elapsed_s: float) -> str:
 
 
 SUMMARY_ROWS = 12  # adapter versions shown in the summary table
+
+
+def _scores_line(scores: dict[str, float] | None) -> str:
+    if not scores:
+        return "not scored"
+    return "  ".join(f"{k} {scores[k]:.4g}" for k in CANARY_SUMMARY_SCORES if k in scores)
+
+
+def canary_lines(canary: dict[str, Any]) -> str:
+    """The canary block of the summary: decisions, then the base and the promoted version side by side."""
+    counts = canary.get("counts", {})
+    promoted = canary.get("promoted", 0)
+    return (
+        f"canary: promoted v{promoted}   decisions: {counts.get('promoted', 0)} promoted, {counts.get('refused', 0)} refused, "
+        f"{counts.get('superseded', 0)} superseded\n"
+        f"  base (v0):        {_scores_line(canary.get('base'))}\n"
+        f"  promoted (v{promoted}):{' ' * max(1, 5 - len(str(promoted)))}{_scores_line(canary.get('promoted_scores'))}"
+    )
 
 
 def _row(version: int, row: dict[str, Any]) -> list[str]:
@@ -103,6 +139,8 @@ def print_summary(summary: LoopSummary, console: Console) -> None:
         f"dead-lettered: {summary.dead_letters}   publish-to-adopt p50/p95: "
         + (f"{p50:.3f} s / {p95:.3f} s" if p50 is not None else "-")
     )
+    if summary.canary:
+        console.print(canary_lines(summary.canary))
     console.print(f"run dir: {summary.run_dir}\nadapters: {summary.adapter_dir}\nsummary: {Path(summary.run_dir) / 'summary.json'}")
     endpoints = summary.endpoints
     if "api" in endpoints:
