@@ -30,9 +30,6 @@ from dso.broker.keys import KeySpace
 from dso.evaluate.gate import Decision  # defined with the gate (pure); re-exported here for the broker's readers
 
 __all__ = ["CanaryRecord", "Decision", "PromotionStore"]
-from dso.evaluate.gate import Decision  # defined with the gate (pure); re-exported here for the broker's readers
-
-__all__ = ["CanaryRecord", "Decision", "PromotionStore"]
 
 PROMOTIONS_STREAM = "promotions"
 PROMOTIONS_MAXLEN = 1000
@@ -142,18 +139,6 @@ class PromotionStore:
                 }
             )
         return out
-
-    def decisions_after(self, last_id: str = "0-0", count: int = PROMOTIONS_MAXLEN) -> tuple[str, list[dict[str, Any]]]:
-        """Decisions recorded after stream id ``last_id`` (oldest first) and the id to pass next time.
-
-        A cheap poll for followers such as the learner (one XRANGE, usually empty).
-        """
-        entries = self.client.xrange(self.stream_key, min=f"({last_id}", count=count)
-        out = []
-        for entry_id, fields in entries:
-            last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            out.append({"id": last_id, "version": int(fields[b"version"]), "decision": fields[b"decision"].decode()})
-        return last_id, out
 
     def decisions_after(self, last_id: str = "0-0", count: int = PROMOTIONS_MAXLEN) -> tuple[str, list[dict[str, Any]]]:
         """Decisions recorded after stream id ``last_id`` (oldest first) and the id to pass next time.
