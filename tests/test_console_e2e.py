@@ -119,11 +119,13 @@ def test_console_shows_the_loop_learning(loop):
     feed_falling_shapes(broker, loop.settings, count=3)
     loop.wait_for(lambda: broker.replay.counts()["unstable"] >= 2 and broker.replay.counts()["stable"] >= 4,
                   60, "both verdicts in the replay buffer")
-    loop.wait_for(lambda: (broker.adapters.latest() or 0) >= 1, 60, "a published adapter")
-    # the canary's part (no canary runs in this loop): the base model's reference, then v1 passes the gate
+    loop.wait_for(lambda: (broker.adapters.latest() or 0) >= 2, 60, "two published adapters")
+    # the canary's part (no canary runs in this loop): the base model's reference, v1 passes the gate, v2 does not
     broker.promotion.record(CanaryRecord(version=0, decision=Decision.baseline, scores={"stable_ratio": 0.5}))
     broker.promotion.record(CanaryRecord(version=1, decision=Decision.promoted, scores={"stable_ratio": 0.75},
                                          reasons=["within every bound"]))
+    broker.promotion.record(CanaryRecord(version=2, decision=Decision.refused, scores={"stable_ratio": 0.6},
+                                         reasons=["stable 0.60 below the promoted 0.75"]))
 
     driver = browser(DESKTOP, 900)
     try:
@@ -142,6 +144,7 @@ def test_console_shows_the_loop_learning(loop):
         assert link.startswith("/v1/adapters/") and link.endswith("/archive")
         # the canary's score per version is on the chart, and the link follows the promoted version, not the newest
         wait_js(driver, "document.querySelector('#chart .canary-mark.promoted[data-version=\"1\"]') && "
+                        "document.querySelector('#chart .canary-mark.refused[data-version=\"2\"]') && "
                         "document.querySelector('#chart .canary-mark.baseline[data-version=\"0\"]')",
                 what="the canary's markers")
         assert driver.execute_script("return document.querySelectorAll('#chart .canary-line').length") == 1
