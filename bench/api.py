@@ -179,6 +179,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from dso.broker import Broker, EmbeddedValkey
+    from dso.broker.promotion import CanaryRecord, Decision
     from dso.config import BrokerSettings
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,6 +188,8 @@ def main() -> int:
             settings = BrokerSettings(redis_url=server.url, key_prefix="bench", run_dir=tmp_path)
             with Broker.open(settings) as broker:
                 broker.adapters.publish(fake_adapter(tmp_path / "adapter", args.adapter_mb), step=1, objective="dro")
+                # /v1/adapters/latest serves the promoted version: promote it as the canary would
+                broker.promotion.record(CanaryRecord(version=1, decision=Decision.promoted, reasons=["bench"]))
                 weights_mb = broker.adapters.manifest(1).size_bytes / 1e6
                 port = free_port()
                 api = start_api(server.url, tmp_path, port)
