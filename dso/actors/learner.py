@@ -168,7 +168,9 @@ class Learner:
         learner's line (not an ancestor of what it trains) is noted and ignored.
         """
         self._decisions_id, decisions = self.broker.promotion.decisions_after(self._decisions_id)
-        refused = {d["version"] for d in decisions if d["decision"] == Decision.refused.value and d["version"] > self.refusals_handled}
+        refused = {
+            d["version"] for d in decisions if d["decision"] == Decision.refused.value and d["version"] > self.refusals_handled
+        }
         if not refused:
             return False
         self.refusals_handled = max(refused)

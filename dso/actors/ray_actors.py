@@ -165,7 +165,8 @@ class CanaryActor(_RoleActor):
     def run(self) -> dict[str, Any]:
         # blocks up to canary.poll_s per step (for a publish or the interval), so stop() is heard within that
         outages = self._loop(lambda: self.worker.step(wait_s=self.settings.canary.poll_s))
-        return {"name": self.name, "scored": self.worker.scored, "decided": self.worker.last_decided, **self.worker.counts, "outages": outages}
+        worker = self.worker
+        return {"name": self.name, "scored": worker.scored, "decided": worker.last_decided, **worker.counts, "outages": outages}
 
 
 def actor_options(settings: Settings) -> dict[str, dict[str, Any]]:
