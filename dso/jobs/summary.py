@@ -31,10 +31,30 @@ class LoopSummary:
     dead_letters: int
     adoption_latency_s: dict[str, float | None] = field(default_factory=dict)
     endpoints: dict[str, Any] = field(default_factory=dict)  # API URL, its metrics, each actor's /metrics
+    restarts: dict[str, int] = field(default_factory=dict)  # loop re-issues per role (actors that crashed and came back)
+    failures: dict[str, str] = field(default_factory=dict)  # actor name -> why it was given up on
+    backlog_after_drain: int | None = None  # queued entries the drain did not finish (pending: reclaimed next start)
+    unreachable: list[str] = field(default_factory=list)  # what could not be read for this summary
     canary: dict[str, Any] = field(default_factory=dict)  # promoted version, decision counts, base vs promoted scores
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, default=str)
+        return json.dumps({**asdict(self), "problems": self.problems()}, indent=2, default=str)
+
+    @classmethod
+    def partial(cls, run_dir: Path, seconds: float, endpoints: dict[str, Any] | None, missing: str) -> LoopSummary:
+        """A summary when the broker is gone: no counts, and ``missing`` says what could not be read."""
+        return cls(
+            run_dir=str(run_dir), adapter_dir="", seconds=seconds, totals={}, by_version={}, versions_published=[],
+            learner={}, queues={}, dead_letters=0, endpoints=dict(endpoints or {}), unreachable=[missing],
+        )
+
+    def problems(self) -> list[str]:
+        """One line per reason this run did not end cleanly (empty: exit 0): failed roles, work left, unread data."""
+        lines = [f"{name} failed: {why}" for name, why in self.failures.items()]
+        if self.backlog_after_drain:
+            lines.append(f"{self.backlog_after_drain} queued entries left unlabelled after the drain (kept; reclaimed on the next start)")
+        lines += [f"could not read {what}" for what in self.unreachable]
+        return lines
 
 
 def collect_summary(broker: Broker, run_dir: Path, seconds: float, endpoints: dict[str, Any] | None = None) -> LoopSummary:
@@ -130,7 +150,7 @@ def print_summary(summary: LoopSummary, console: Console) -> None:
     for version, row in rows:
         table.add_row(*_row(version, row))
     t = summary.totals
-    table.add_row("all", *(str(t[k]) for k in ("generated", "labelled", "stable", "unstable", "invalid")), _pct(t["stability_rate"]))
+    table.add_row("all", *(str(t.get(k, "-")) for k in ("generated", "labelled", "stable", "unstable", "invalid")), _pct(t.get("stability_rate")))
     console.print(table)
     latency = summary.adoption_latency_s
     p50, p95 = latency.get("p50"), latency.get("p95")
@@ -141,6 +161,10 @@ def print_summary(summary: LoopSummary, console: Console) -> None:
     )
     if summary.canary:
         console.print(canary_lines(summary.canary))
+    if any(summary.restarts.values()):
+        console.print("restarts: " + "  ".join(f"{role} {n}" for role, n in summary.restarts.items()))
+    for line in summary.problems():
+        console.print(line, style="bold red", markup=False)
     console.print(f"run dir: {summary.run_dir}\nadapters: {summary.adapter_dir}\nsummary: {Path(summary.run_dir) / 'summary.json'}")
     endpoints = summary.endpoints
     if "api" in endpoints:
