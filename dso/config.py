@@ -251,7 +251,7 @@ class PretrainSettings(Section):
 class ObjectiveSettings(Section):
     """Training objectives (dso/learner/objectives/, one module each): DRO (default), its variants, DPO, SFT."""
 
-    name: Literal["dro", "dro_trust", "dro_eq5", "dro_paired", "dpo", "sft"] = "dro"
+    name: Literal["dro", "dro_group", "dro_trust", "dro_eq5", "dro_paired", "dpo", "sft"] = "dro"
     dpo_beta: float = 500.0  # paper, Sec. 4
     # dro: the push on an unstable sample stops once its error is dro_margin (relative) above the adapter-off
     # reference's at the same t and noise (one gradient-free pass over the unstable rows).
@@ -265,6 +265,8 @@ class ObjectiveSettings(Section):
     # Any objective: lambda of mean ||v_theta - v_ref||^2 on every row (0: off). Holds the online loop near
     # the reference: a round of training on the policy's own samples settles, it does not compound.
     tether: float = Field(0.0, ge=0.0)
+    # dro_group: a prompt's stable rate is that of its newest this-many labelled samples seen by the learner
+    group_window: int = Field(16, ge=1)
     # Any objective: publish an exponential moving average of the adapter with this decay per step (None: off).
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     # Score the velocity the sampler follows (CFG with sampler.cfg_strength / cfg_interval) rather than the
@@ -423,7 +425,7 @@ class EvalSettings(Section):
 class ExperimentSettings(Section):
     """`dso experiment`: base vs SFT vs DPO vs DRO on the same labelled data and step budget."""
 
-    objectives: list[Literal["sft", "dpo", "dro", "dro_trust", "dro_eq5", "dro_paired"]] = Field(default_factory=lambda: ["sft", "dpo", "dro"])
+    objectives: list[Literal["sft", "dpo", "dro", "dro_group", "dro_trust", "dro_eq5", "dro_paired"]] = Field(default_factory=lambda: ["sft", "dpo", "dro"])
     steps: int = Field(300, ge=1)  # per objective (sized for a 2-core CPU: the whole experiment in ~20 min)
     eval_every: int = Field(50, ge=1)  # evaluate the adapter every this many steps (curves)
     output_dir: Path = Path("runs/experiment")

@@ -220,3 +220,27 @@ def test_tether_without_velocities_is_refused():
     objective = build_objective(ObjectiveSettings(name="dro", tether=1.0))
     with pytest.raises(ValueError, match="no velocities"):
         objective.loss(Terms(err=torch.zeros(2), stable=torch.tensor([True, False]), ref_err=torch.zeros(2)))
+
+
+# --- group-relative DRO (dro_group) ------------------------------------------------------
+
+
+def test_group_relative_dro_stops_pulling_on_solved_prompts():
+    objective = build_objective(ObjectiveSettings(name="dro_group"))
+    err = torch.tensor([0.5, 0.5, 0.5, 0.5], requires_grad=True)
+    stable = torch.tensor([True, True, False, False])
+    rate = torch.tensor([1.0, 0.5, 0.5, 0.0])  # row 0: a solved prompt; row 3: a prompt that always falls
+    ref = torch.full((4,), 0.5)
+    loss, _ = objective.loss(Terms(err, stable, ref_err=ref, group_rate=rate))
+    loss.backward()
+    assert err.grad[0] == 0, "a solved prompt's stable sample must not pull"
+    assert err.grad[1] > 0, "an unsolved prompt's stable sample pulls (its error decreases under descent)"
+    assert err.grad[2] < 0, "an unstable sample of a sometimes-stable prompt is pushed"
+    assert err.grad[3] == 0, "a prompt that always falls carries no signal"
+
+
+def test_group_relative_dro_needs_the_rates():
+    objective = build_objective(ObjectiveSettings(name="dro_group"))
+    assert objective.needs.group_rate
+    with pytest.raises(ValueError, match="group_rate"):
+        objective.loss(Terms(torch.zeros(2), torch.tensor([True, False]), ref_err=torch.zeros(2)))

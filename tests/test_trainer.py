@@ -98,9 +98,11 @@ def test_paired_objective_rejects_unpaired_batch():
         tuner.train_step(b)
 
 
-@pytest.mark.parametrize("name", ["dro", "dro_trust", "dro_eq5", "dpo", "sft", "dro_paired"])
+@pytest.mark.parametrize("name", ["dro", "dro_group", "dro_trust", "dro_eq5", "dpo", "sft", "dro_paired"])
 def test_every_objective_steps(name):
-    m = _tuner(name).train_step(_batch())
+    batch = _batch()
+    batch.group_rate = torch.full((8,), 0.5)
+    m = _tuner(name).train_step(batch)
     assert math.isfinite(m["loss"]) and m["step"] == 1
 
 

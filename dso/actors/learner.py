@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import os
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +115,8 @@ class Learner:
         self.rollbacks = int(state.get("rollbacks", 0))
         self._decisions_id = "0-0"  # position in the promotion decision stream (re-read from the start on restart)
         self.prompt_stats = PromptStats.for_broker(broker)
+        # newest labels per prompt (group-relative objectives): rebuilt from the stream after a restart
+        self._recent: dict[str, deque[bool]] = defaultdict(lambda: deque(maxlen=settings.objective.group_window))
         telemetry.set_adapter_version("learner", self.version)
 
     # --- persistence ---------------------------------------------------------------
@@ -216,7 +218,14 @@ class Learner:
                 record = LabelledRecord.from_bytes(delivery.payload)
                 outcome = self.broker.stats.record_labelled(record.verdict, record.adapter_version)
                 self.prompt_stats.record(record.sample.prompt_id, outcome)
+                if outcome in ("stable", "unstable"):
+                    self._recent[record.sample.prompt_id].append(outcome == "stable")
         return len(deliveries)
+
+    def group_rate(self, prompt_id: str, label: bool) -> float:
+        """The prompt's stable rate over its newest labels (the group mean); the row's own label when none."""
+        recent = self._recent.get(prompt_id)
+        return float(np.mean(recent)) if recent else float(label)
 
     def condition(self, prompt_id: str) -> torch.Tensor:
         """Condition tokens [L, D] of a prompt, from its stored image through the frozen conditioner (cached)."""
@@ -283,7 +292,10 @@ class Learner:
         x0 = torch.stack([torch.from_numpy(r.sample.latent.astype(np.float32)) for r in records])
         cond = torch.stack([self.condition(r.sample.prompt_id) for r in records])
         staleness = [max(0, self.version - r.adapter_version) for r in records]
-        return TrainBatch(x0, cond, torch.tensor(labels, dtype=torch.bool)), staleness
+        rate = None
+        if self.tuner.needs.group_rate:
+            rate = torch.tensor([self.group_rate(r.sample.prompt_id, y) for r, y in zip(records, labels)], dtype=torch.float32)
+        return TrainBatch(x0, cond, torch.tensor(labels, dtype=torch.bool), rate), staleness
 
     # --- one step --------------------------------------------------------------------
 

@@ -111,7 +111,16 @@ def make_batch(dataset: OfflineDataset, plan: BatchPlan) -> TrainBatch:
     rows = torch.from_numpy(plan.rows)
     cond_rows = torch.from_numpy(dataset.prompt_row[plan.rows])
     stable = torch.cat([torch.ones(len(plan.stable), dtype=torch.bool), torch.zeros(len(plan.unstable), dtype=torch.bool)])
-    return TrainBatch(dataset.x0[rows], dataset.cond[cond_rows], stable)
+    return TrainBatch(dataset.x0[rows], dataset.cond[cond_rows], stable, torch.from_numpy(prompt_stable_rate(dataset)[plan.rows]))
+
+
+def prompt_stable_rate(dataset: OfflineDataset) -> np.ndarray:
+    """[N] the stable share of each row's prompt among its trainable samples (group-relative objectives)."""
+    ok = dataset.trainable
+    prompts = dataset.prompt_row
+    stable = np.bincount(prompts[ok], weights=dataset.stable[ok].astype(np.float64), minlength=prompts.max() + 1)
+    total = np.bincount(prompts[ok], minlength=prompts.max() + 1)
+    return (stable / np.maximum(total, 1))[prompts].astype(np.float32)
 
 
 class DataParallelFineTuner(FineTuner):

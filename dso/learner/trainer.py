@@ -35,12 +35,15 @@ class TrainBatch:
     x0: torch.Tensor  # [B, C, R, R, R]
     cond: torch.Tensor  # [B, L, D]
     stable: torch.Tensor  # [B] bool
+    group_rate: torch.Tensor | None = None  # [B] stable rate of each row's prompt (group-relative objectives)
 
     def to(self, device: torch.device) -> "TrainBatch":
-        return TrainBatch(self.x0.to(device), self.cond.to(device), self.stable.to(device))
+        rate = None if self.group_rate is None else self.group_rate.to(device)
+        return TrainBatch(self.x0.to(device), self.cond.to(device), self.stable.to(device), rate)
 
     def rows(self, mask: torch.Tensor) -> "TrainBatch":
-        return TrainBatch(self.x0[mask], self.cond[mask], self.stable[mask])
+        rate = None if self.group_rate is None else self.group_rate[mask]
+        return TrainBatch(self.x0[mask], self.cond[mask], self.stable[mask], rate)
 
 
 class _LoraState:
@@ -149,7 +152,7 @@ class FineTuner:
         with autocast_context(self.train.autocast, self.device):
             pred = self._velocity(batch, x_t, t).float()
             err = ((pred - target) ** 2).flatten(1).mean(dim=1)
-            terms = Terms(err=err, stable=batch.stable)
+            terms = Terms(err=err, stable=batch.stable, group_rate=batch.group_rate)
             if needs.reference != ReferenceRows.none:
                 rows = ~batch.stable if needs.reference == ReferenceRows.unstable else torch.ones_like(batch.stable)
                 ref_pred = self._reference(batch, x_t, t, rows)

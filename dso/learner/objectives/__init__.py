@@ -3,6 +3,7 @@
 | name | loss | needs |
 |---|---|---|
 | ``dro`` (default) | pull stable, push unstable until ``dro_margin`` above the reference | balanced batch, reference on unstable rows |
+| ``dro_group`` | ``dro`` weighted by label minus the prompt's stable rate (solved prompts stop pulling) | as ``dro`` + each row's prompt rate |
 | ``dro_trust`` | two-sided trust region (Diffusion-KTO form) | balanced batch, reference on all rows |
 | ``dro_eq5`` | the paper's Eq. 5 | balanced batch |
 | ``dro_paired`` | the paper code's paired DRO | pairs |
@@ -21,11 +22,12 @@ from dso.learner.objectives.base import BatchKind, Needs, Objective, ReferenceRo
 from dso.learner.objectives.dpo import DPO
 from dso.learner.objectives.dro import DRO
 from dso.learner.objectives.dro_eq5 import DROEq5
+from dso.learner.objectives.dro_group import DROGroup
 from dso.learner.objectives.dro_paired import DROPaired
 from dso.learner.objectives.dro_trust import DROTrust
 from dso.learner.objectives.sft import SFT
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (DRO, DROTrust, DROEq5, DROPaired, DPO, SFT)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (DRO, DROGroup, DROTrust, DROEq5, DROPaired, DPO, SFT)}
 
 
 def build_objective(settings: ObjectiveSettings) -> Objective:

@@ -49,6 +49,7 @@ class Needs:
     reference: ReferenceRows = ReferenceRows.none
     velocities: bool = False  # keep the policy's and the reference's velocities (the tether)
     ema: bool = False  # the trainer keeps and publishes an EMA of the adapter
+    group_rate: bool = False  # each row's prompt stable rate (the learner's recent labels of that prompt)
 
     @property
     def paired(self) -> bool:
@@ -64,6 +65,7 @@ class Terms:
     ref_err: torch.Tensor | None = None  # [B] reference error (0 on rows it was not asked for)
     pred: torch.Tensor | None = None  # [B, ...] policy velocity
     ref_pred: torch.Tensor | None = None  # [B, ...] reference velocity (no gradient)
+    group_rate: torch.Tensor | None = None  # [B] stable rate of each row's prompt (group-relative objectives)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
