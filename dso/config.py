@@ -288,6 +288,12 @@ class BrokerSettings(Section):
     run_dir: Path = Path("runs/local")  # embedded server data lives in run_dir/valkey
     key_prefix: str = "dso"  # every key is "<prefix>:..." so several runs can share one server
     server_start_timeout_s: float = 15.0
+    # the embedded server's owner checks its process this often and restarts it (same port, from its AOF)
+    # when it died; clients keep their URL and reconnect
+    server_watch_interval_s: float = Field(default=0.5, gt=0)
+    # how long a client waits at connect for a server that does not answer yet (0: fail at once, as the CLI
+    # does); `dso run` gives its actors server_start_timeout_s, so one restarting with the server waits for it
+    connect_wait_s: float = Field(default=0.0, ge=0)
     # streams and consumer groups
     samples_stream: str = "samples"  # generators -> simulators
     labelled_stream: str = "labelled"  # simulators -> learner

