@@ -134,6 +134,9 @@ class SimSettings(Section):
     paper's configuration for comparison.
     """
 
+    # which physical property labels a sample (dso.sim.contract.ORACLES: name -> Oracle); "standing": released
+    # upright on flat ground, it ends within tilt_threshold_deg of vertical
+    oracle: Literal["standing"] = "standing"
     # collision geometry: grids -> "boxes" (exact merged voxels); meshes -> "decompose" (CoACD);
     # "hull" = one convex hull for collision AND mass (the paper's single-hull behaviour)
     mode: Literal["boxes", "decompose", "hull"] = "boxes"

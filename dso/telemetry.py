@@ -42,15 +42,15 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dso.sim.verdict import Outcome, Verdict
+
 log = logging.getLogger(__name__)
 
-LABELLED_RESULTS = ("stable", "unstable", "invalid", "error")
+LABELLED_RESULTS = tuple(outcome.value for outcome in Outcome)  # the verdict's own classification
 COMPONENTS = ("generator", "simulator", "learner", "canary", "api")
 # canary scores exported as dso_canary_<name> gauges (dso.broker.promotion.CanaryRecord.scores keys)
 CANARY_SCORES = ("stable_ratio", "paired_drift", "chamfer", "fscore", "footprint_ratio", "diversity")
 DECISIONS = ("promoted", "refused", "superseded", "baseline")
-# simulator statuses (dso.sim Verdict.status) that mean "the input was not a usable object"
-INVALID_STATUSES = frozenset({"invalid_input"})
 
 # buckets in seconds: a tiny CPU model generates in ~0.1 s, TRELLIS-L batches take tens of seconds
 GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0)
@@ -148,12 +148,12 @@ class LoopMetrics:
         self.samples_generated.inc(n)
         self.generation_batch_duration.observe(seconds)
 
-    def observe_labelled(self, verdict: Any, seconds: float | None = None) -> str:
-        """One verdict (a result name, a mapping or a verdict object); returns its result label."""
+    def observe_labelled(self, verdict: Verdict | Outcome | str, seconds: float | None = None) -> str:
+        """One verdict (or just its outcome); returns its result label. ``seconds`` defaults to the verdict's elapsed_s."""
         result = labelled_result(verdict)
         self.samples_labelled.labels(result).inc()
-        if seconds is None:
-            seconds = _field(verdict, "elapsed_s", None) if not isinstance(verdict, str) else None
+        if seconds is None and isinstance(verdict, Verdict):
+            seconds = verdict.elapsed_s
         if seconds is not None:
             self.simulation_duration.observe(float(seconds))
         return result
@@ -199,25 +199,14 @@ class LoopMetrics:
         self.promoted_version.set(promoted)
 
 
-def _field(obj: Any, name: str, default: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def labelled_result(verdict: Any) -> str:
-    """'stable' | 'unstable' | 'invalid' | 'error' from a verdict (object or mapping) or a result name."""
-    if isinstance(verdict, str):
-        if verdict not in LABELLED_RESULTS:
-            raise ValueError(f"result must be one of {', '.join(LABELLED_RESULTS)}, got {verdict!r}")
-        return verdict
-    status = _field(verdict, "status", "ok")
-    if status != "ok":
-        return "invalid" if status in INVALID_STATUSES else "error"
-    stable = _field(verdict, "stable", None)
-    if stable is None:
-        raise ValueError("a verdict with status ok needs a 'stable' field")
-    return "stable" if stable else "unstable"
+def labelled_result(verdict: Verdict | Outcome | str) -> str:
+    """'stable' | 'unstable' | 'invalid' | 'error': the verdict's ``outcome`` (or an outcome / its name)."""
+    if isinstance(verdict, Verdict):
+        return verdict.outcome.value
+    try:
+        return Outcome(verdict).value
+    except ValueError:
+        raise ValueError(f"result must be one of {', '.join(LABELLED_RESULTS)}, got {verdict!r}") from None
 
 
 def adoption_latency(manifest_created_at: str | datetime, now: float | None = None) -> float:
@@ -235,7 +224,7 @@ def observe_generated(n: int, seconds: float) -> None:
     METRICS.observe_generated(n, seconds)
 
 
-def observe_labelled(verdict: Any, seconds: float | None = None) -> str:
+def observe_labelled(verdict: Verdict | Outcome | str, seconds: float | None = None) -> str:
     return METRICS.observe_labelled(verdict, seconds)
 
 

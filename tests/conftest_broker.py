@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import redis
 
-from dso.broker.records import LabelledRecord, SampleRecord, Verdict
+from dso.broker.records import LabelledRecord, SampleRecord
 from dso.broker.server import EmbeddedValkey, make_client
 from dso.config import BrokerSettings
+from dso.sim.verdict import Outcome, SimStatus, Verdict
 
 # fast settings: short idle before reclaim, no blocking reads, a small replay buffer
 FAST_OVERRIDES: dict[str, Any] = {
@@ -52,8 +53,23 @@ def make_sample(
     )
 
 
+_FAILURE_STATUS = {Outcome.invalid: SimStatus.invalid_input, Outcome.error: SimStatus.sim_error}
+
+
+def verdict_of(outcome: str | Outcome) -> Verdict:
+    """A verdict of the oracle's own type with this outcome (failures exactly as the oracle makes them)."""
+    outcome = Outcome(outcome)
+    if outcome.judged:
+        stable = outcome == Outcome.stable
+        return Verdict(status=SimStatus.ok, stable=stable, tilt_deg=2.0 if stable else 80.0, rotation_deg=3.0, elapsed_s=0.1)
+    return Verdict.failure(_FAILURE_STATUS[outcome], f"test {outcome.value} verdict", elapsed_s=0.1)
+
+
 def make_labelled(stable: bool, adapter_version: int = 0, seed: int = 0, status: str = "ok") -> LabelledRecord:
-    verdict = Verdict(stable=stable, tilt_deg=2.0 if stable else 80.0, rotation_deg=3.0, status=status, sim_seconds=0.1)
+    if status == SimStatus.ok.value:
+        verdict = verdict_of(Outcome.stable if stable else Outcome.unstable)
+    else:
+        verdict = Verdict.failure(SimStatus(status), f"test {status} verdict", elapsed_s=0.1)
     return LabelledRecord(sample=make_sample(adapter_version, seed=seed), verdict=verdict)
 
 

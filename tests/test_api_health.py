@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings, valkey_server, verdict_of  # noqa: F401
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
@@ -67,8 +67,8 @@ def test_component_checks_feed_readiness(broker: Broker) -> None:
 def test_stats_report_rates_throughput_queues_and_learner(broker: Broker) -> None:
     broker.stats.record_generated(adapter_version=0, count=6, seconds=1.5)
     for stable in (True, True, True, False):
-        broker.stats.record_labelled({"status": "ok", "stable": stable}, adapter_version=0)
-    broker.stats.record_labelled({"status": "invalid_input", "stable": False}, adapter_version=0)
+        broker.stats.record_labelled(verdict_of("stable" if stable else "unstable"), adapter_version=0)
+    broker.stats.record_labelled(verdict_of("invalid"), adapter_version=0)
     broker.stats.record_learner(step=12, loss=0.25, version=0)
     broker.samples.put("s1", b"payload")
     with build(broker) as client:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings, valkey_server, verdict_of  # noqa: F401
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -24,9 +24,10 @@ from dso.api import sample_media
 from dso.api.app import create_app
 from dso.api.stability_history import VerdictEvent, bucket_events
 from dso.broker import Broker
-from dso.broker.records import FORMAT_VERSION, LabelledRecord, SampleRecord, Verdict, _encode
+from dso.broker.records import FORMAT_VERSION, LabelledRecord, SampleRecord, _encode
 from dso.config import ApiSettings, ConsoleSettings, Settings, SimSettings
 from dso.sim.oracle import simulate
+from dso.sim.verdict import Verdict
 from dso.telemetry import LoopMetrics
 
 N = 32
@@ -153,9 +154,12 @@ def test_resting_mesh_lies_on_the_ground_where_the_simulator_left_it(client, fil
 def test_resting_views_need_a_recorded_pose(client, broker):
     record = labelled(block(), PROMPT_A)
     header = record.sample.header()
-    header["verdict"] = {k: v for k, v in record.verdict.model_dump().items() if k not in ("position", "quaternion")}
+    # a record written before the broker kept the oracle's whole verdict (and before the pose was kept)
+    v = record.verdict
+    header["verdict"] = {"stable": v.stable, "tilt_deg": v.tilt_deg, "rotation_deg": v.rotation_deg, "status": "ok",
+                         "message": v.message, "sim_seconds": v.elapsed_s}
     old = LabelledRecord.from_bytes(_encode("labelled", header, record.sample.latent, record.sample.occupancy))
-    assert old.verdict.position is None and old.verdict.quaternion is None
+    assert old.verdict.position is None and old.verdict.quaternion is None and old.verdict.elapsed_s == v.elapsed_s
     broker.replay.add(old)
     info = client.get(f"/v1/samples/{old.sample_id}").json()
     assert info["pose"] is None and info["resting_mesh_url"] is None
@@ -180,8 +184,7 @@ def test_preview_png_renders_the_shape_and_its_resting_pose(client, filled):
 
 def test_history_buckets_verdicts_and_marks_adapter_publications(client, broker, tmp_path):
     for outcome in ("stable", "stable", "unstable", "invalid"):
-        status = "ok" if outcome != "invalid" else "sim_error"
-        broker.stats.record_labelled({"stable": outcome == "stable", "status": status}, adapter_version=0)
+        broker.stats.record_labelled(verdict_of(outcome if outcome != "invalid" else "error"), adapter_version=0)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
@@ -252,7 +255,7 @@ def test_console_page_and_assets_are_served(client):
 def test_record_format_version_is_unchanged():
     # the pose fields ride in the JSON header; old readers ignore them, old records decode with None
     assert FORMAT_VERSION == 1
-    assert Verdict(stable=True, tilt_deg=0.0, rotation_deg=0.0).quaternion is None
+    assert Verdict(status="ok", stable=True, tilt_deg=0.0, rotation_deg=0.0).quaternion is None
 
 
 def test_voxel_bounds_match_the_mesh_and_settings_keep_defaults_within_limits():

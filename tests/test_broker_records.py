@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from conftest_broker import make_sample
 
-from dso.broker.records import LabelledRecord, RecordDecodeError, SampleRecord, Verdict
+from dso.broker.records import LabelledRecord, RecordDecodeError, SampleRecord
+from dso.sim.verdict import Outcome, SimStatus, StopReason, Verdict
 
 
 def test_sample_round_trip_keeps_every_field_and_array() -> None:
@@ -45,38 +44,33 @@ def test_trellis_sized_record_is_compact() -> None:
     assert 8 * 16**3 * 2 + 64**3 // 8 < size < 8 * 16**3 * 2 + 64**3 // 8 + 1024
 
 
-def test_labelled_round_trip_from_a_verdict_mapping_with_extra_fields() -> None:
+def test_labelled_round_trip_keeps_the_oracles_verdict_unchanged() -> None:
     sample = make_sample(adapter_version=3, seed=5)
-    sim_verdict = {
-        "stable": False,
-        "tilt_deg": 47.5,
-        "rotation_deg": 60.25,
-        "status": "ok",
-        "message": "fell over",
-        "elapsed_s": 0.75,  # dso.sim's name for the wall time
-        "settle_time_s": 1.2,  # not kept by the broker
-    }
-    labelled = LabelledRecord.from_verdict(sample, sim_verdict)
-    assert labelled.verdict.sim_seconds == 0.75
+    verdict = Verdict(
+        status=SimStatus.ok, stable=False, tilt_deg=47.5, rotation_deg=60.25, message="fell over", elapsed_s=0.75,
+        settle_time_s=1.2, stop_reason=StopReason.fell, mass=0.3, com=[0.0, 0.0, 0.1],
+    )
+    labelled = LabelledRecord.from_verdict(sample, verdict)
+    assert labelled.verdict is verdict
     decoded = LabelledRecord.from_bytes(labelled.to_bytes())
     assert decoded.sample_id == sample.sample_id
     assert decoded.adapter_version == 3
-    assert decoded.verdict == labelled.verdict
+    assert decoded.verdict == verdict and decoded.verdict.outcome == Outcome.unstable
     assert decoded.stable is False
     np.testing.assert_array_equal(decoded.sample.occupancy, sample.occupancy)
 
 
-def test_verdict_from_a_dataclass() -> None:
-    @dataclasses.dataclass
-    class SimVerdict:
-        stable: bool
-        tilt_deg: float
-        rotation_deg: float
-        status: str
-        message: str
+def test_failure_verdicts_round_trip_without_physics_fields() -> None:
+    for status in (SimStatus.invalid_input, SimStatus.sim_error, SimStatus.timeout):
+        verdict = Verdict.failure(status, "no physics result")
+        assert verdict.tilt_deg is None
+        decoded = LabelledRecord.from_bytes(LabelledRecord.from_verdict(make_sample(), verdict).to_bytes())
+        assert decoded.verdict == verdict and not decoded.verdict.outcome.judged and not decoded.stable
 
-    verdict = Verdict.from_any(SimVerdict(True, 1.0, 2.0, "timeout", "slow"))
-    assert verdict.stable and verdict.status == "timeout" and not verdict.valid
+
+def test_only_the_oracles_verdict_type_is_accepted() -> None:
+    with pytest.raises(TypeError, match="Verdict"):
+        LabelledRecord.from_verdict(make_sample(), {"stable": True, "tilt_deg": 1.0, "rotation_deg": 1.0})
 
 
 def test_kind_mismatch_and_corrupt_bytes_are_rejected() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest_broker import broker_settings, make_settings, redis_client, valkey_server  # noqa: F401
+from conftest_broker import broker_settings, make_settings, redis_client, valkey_server, verdict_of  # noqa: F401
 
-from dso.broker import AdapterRegistry, EmbeddedValkey, KeySpace, StatsStore, Verdict, WorkQueue
-from dso.broker.stats import classify_verdict
+from dso.broker import AdapterRegistry, EmbeddedValkey, KeySpace, StatsStore, WorkQueue
+from dso.sim.verdict import SimStatus, Verdict
 from dso.config import BrokerSettings
 
 
@@ -26,9 +26,9 @@ def test_counters_and_rates_per_version(redis_client: redis.Redis, broker_settin
     stats.record_generated(0, count=4, seconds=2.0)
     stats.record_generated(1, count=2, seconds=1.0)
     for stable in (True, False, False):
-        stats.record_labelled({"stable": stable, "status": "ok"}, adapter_version=0)
-    stats.record_labelled(Verdict(stable=False, tilt_deg=0, rotation_deg=0, status="invalid_input"), 0)
-    stats.record_labelled({"stable": True, "status": "ok"}, adapter_version=1)
+        stats.record_labelled(verdict_of("stable" if stable else "unstable"), adapter_version=0)
+    stats.record_labelled(Verdict.failure(SimStatus.invalid_input, "empty grid"), 0)
+    stats.record_labelled(verdict_of("stable"), adapter_version=1)
     snap = stats.snapshot()
     totals = snap["totals"]
     assert (totals["generated"], totals["labelled"], totals["stable"], totals["unstable"], totals["invalid"]) == (6, 5, 2, 2, 1)
@@ -45,7 +45,7 @@ def test_window_holds_only_the_last_n_events(
     settings = make_settings(tmp_path, redis_url=valkey_server.url, stats_window_samples=3)
     stats, _, _ = make_stats(redis_client, settings)
     for stable in (False, False, True, True, True):
-        stats.record_labelled({"stable": stable}, adapter_version=0)
+        stats.record_labelled(verdict_of("stable" if stable else "unstable"), adapter_version=0)
     snap = stats.snapshot()
     assert snap["totals"]["stability_rate"] == pytest.approx(0.6)
     assert snap["window"]["labelled"] == 3 and snap["window"]["stability_rate"] == 1.0
@@ -56,10 +56,10 @@ def test_window_drops_events_older_than_its_span(
 ) -> None:
     settings = make_settings(tmp_path, redis_url=valkey_server.url, stats_window_seconds=0.3)
     stats, _, _ = make_stats(redis_client, settings)
-    stats.record_labelled({"stable": False}, adapter_version=0)
+    stats.record_labelled(verdict_of("unstable"), adapter_version=0)
     stats.record_generated(0, count=5)
     time.sleep(0.4)
-    stats.record_labelled({"stable": True}, adapter_version=0)
+    stats.record_labelled(verdict_of("stable"), adapter_version=0)
     window = stats.snapshot()["window"]
     assert (window["labelled"], window["stable"], window["generated"]) == (1, 1, 0)
 
@@ -83,7 +83,7 @@ def test_rates_divide_by_the_time_the_window_covers(
     now = _clock(monkeypatch, 1000.0)
     for k in range(61):  # one verdict every 1/6 s, for 10 s
         now[0] = 1000.0 + k / 6
-        stats.record_labelled({"stable": True}, adapter_version=0)
+        stats.record_labelled(verdict_of("stable"), adapter_version=0)
         if k % 3 == 0:  # a batch of 3 every 0.5 s
             stats.record_generated(0, count=3)
     now[0] = 1010.0
@@ -106,7 +106,7 @@ def test_rates_when_the_event_cap_drops_older_events(
     now = _clock(monkeypatch, 1000.0)
     for k in range(61):
         now[0] = 1000.0 + k / 6
-        stats.record_labelled({"stable": True}, adapter_version=0)
+        stats.record_labelled(verdict_of("stable"), adapter_version=0)
     window = stats.snapshot()["window"]
     assert window["labelled_per_s"] == pytest.approx(6.0) and window["labelled_seconds"] == pytest.approx(1.5)
 
@@ -116,7 +116,7 @@ def test_learner_queue_depths_and_staleness(redis_client: redis.Redis, broker_se
     stats.record_learner(step=10, loss=0.8, version=2)
     stats.record_learner(step=11, loss=0.6, version=2, grad_norm=1.5)
     for version in (1, 3):
-        stats.record_labelled({"stable": True}, adapter_version=version)
+        stats.record_labelled(verdict_of("stable"), adapter_version=version)
     registry.announce({"version": 3, "step": 11})
     queue.put("a", b"x")
     queue.put("b", b"y")
@@ -130,9 +130,10 @@ def test_learner_queue_depths_and_staleness(redis_client: redis.Redis, broker_se
     assert snap["window"]["staleness_max"] == 2 and snap["window"]["staleness_mean"] == pytest.approx(1.0)
 
 
-def test_classify_verdict() -> None:
-    assert classify_verdict({"stable": True}) == "stable"
-    assert classify_verdict({"stable": False, "status": "ok"}) == "unstable"
-    assert classify_verdict({"stable": True, "status": "sim_error"}) == "invalid"
-    with pytest.raises(ValueError, match="stable"):
-        classify_verdict({"status": "ok"})
+def test_every_failure_verdict_is_counted_invalid(redis_client: redis.Redis, broker_settings: BrokerSettings) -> None:
+    stats, _, _ = make_stats(redis_client, broker_settings)
+    classes = [stats.record_labelled(Verdict.failure(status, "no physics"), 0) for status in SimStatus if status != SimStatus.ok]
+    assert classes == ["invalid"] * 3
+    assert stats.record_labelled(Verdict(status=SimStatus.ok, stable=True, tilt_deg=1.0, rotation_deg=1.0), 0) == "stable"
+    totals = stats.snapshot()["totals"]
+    assert (totals["labelled"], totals["invalid"], totals["stable"]) == (4, 3, 1)

@@ -19,9 +19,11 @@ from conftest_broker import make_settings, valkey_server  # noqa: F401  (session
 from dso.actors import GeneratorWorker, Learner, SimulatorWorker, seed_default_prompts
 from dso.actors.running import run_until_stopped
 from dso.broker.broker import Broker
-from dso.broker.records import SampleRecord
+from dso.broker.records import LabelledRecord, SampleRecord
 from dso.broker.server import PERSISTENCE_CONFIG
-from dso.sim.oracle import simulate
+from dso.sim.contract import StandingOracle
+from dso.sim.verdict import SimStatus
+from dso.telemetry import METRICS
 from test_loop_support import export_random_tiny_model, loop_test_settings
 
 DSO = str(Path(sys.executable).with_name("dso"))
@@ -94,14 +96,16 @@ def test_poison_input_is_dead_lettered_while_the_loop_goes_on(tmp_path, model_fo
     poison_grid = next(SampleRecord.from_bytes(f[b"data"]) for _, f in entries if f[b"id"].decode() == poison).occupancy
     attempts = []
 
-    def crashes_on_poison(occupancy, sim_settings):
+    class CrashesOnPoison(StandingOracle):
         """The real oracle, except that one input makes it raise every time (fault injection)."""
-        if np.array_equal(occupancy, poison_grid):
-            attempts.append(1)
-            raise RuntimeError("simulator crashed on this input")
-        return simulate(occupancy, sim_settings)
 
-    worker = SimulatorWorker(broker, settings, simulate_fn=crashes_on_poison)
+        def simulate(self, item):
+            if np.array_equal(item, poison_grid):
+                attempts.append(1)
+                raise RuntimeError("simulator crashed on this input")
+            return super().simulate(item)
+
+    worker = SimulatorWorker(broker, settings, oracle=CrashesOnPoison(settings.sim))
     wait_for(
         lambda: worker.step(block_ms=0) >= 0 and broker.samples.dead_letters() and worker.labelled == 3,
         20, "the poison item to be dead-lettered and the others labelled", poll_s=0.12,
@@ -114,6 +118,35 @@ def test_poison_input_is_dead_lettered_while_the_loop_goes_on(tmp_path, model_fo
     learner.ingest()
     assert broker.stats.snapshot()["totals"]["labelled"] == 3
     assert broker.samples.backlog() == 0
+    broker.close()
+
+
+def test_failure_verdicts_of_the_oracle_are_counted_invalid_not_dead_lettered(tmp_path, model_folder, valkey_server):  # noqa: F811
+    """An empty grid: the real oracle answers invalid_input (no tilt); the loop labels it, counts it, never trains on it."""
+    settings, broker = open_loop(tmp_path, model_folder, valkey_server.url, claim_idle_ms=100, max_deliveries=2)
+    prompt_id = broker.prompts.active()[0]
+    empty = SampleRecord(
+        prompt_id=prompt_id, view=0, adapter_version=0, seed=0,
+        latent=np.zeros((8, 4, 4, 4), np.float32), occupancy=np.zeros((16, 16, 16), bool),
+    )
+    broker.samples.put(empty.sample_id, empty.to_bytes())
+    invalid_before = METRICS.samples_labelled.labels("invalid")._value.get()
+    worker = SimulatorWorker(broker, settings)
+    assert worker.step(block_ms=0) == 1 and worker.failed == 0, "labelled on the first delivery, not retried"
+    assert broker.samples.backlog() == 0 and broker.samples.dead_letters() == []
+    assert METRICS.samples_labelled.labels("invalid")._value.get() == invalid_before + 1
+    (_, fields), = broker.connection.client.xrange(broker.labelled.stream_key)
+    verdict = LabelledRecord.from_bytes(fields[b"data"]).verdict
+    assert verdict.status == SimStatus.invalid_input and verdict.tilt_deg is None, "the oracle's own failure verdict"
+    learner = Learner(broker, settings, tmp_path / "run")
+    assert learner.ingest() == 1
+    totals = broker.stats.snapshot()["totals"]
+    assert (totals["labelled"], totals["invalid"], totals["stable"], totals["unstable"]) == (1, 1, 0, 0)
+    assert totals["invalid_rate"] == 1.0 and totals["stability_rate"] is None
+    assert learner.prompt_stats.get(prompt_id)["invalid"] == 1
+    assert broker.replay.get(empty.sample_id) is None and len(broker.replay) == 0, "nothing to train on"
+    assert not learner.ready()
+    assert broker.labelled.backlog() == 0 and broker.labelled.dead_letters() == []
     broker.close()
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from conftest_broker import make_settings, valkey_server  # noqa: F401  (session fixture)
+from conftest_broker import make_settings, valkey_server, verdict_of  # noqa: F401  (session fixture)
 from dso.actors import AdoptionLog, GeneratorWorker, Learner, SimulatorWorker, seed_default_prompts
 from dso.actors.prompt_images import png_bytes
 from dso.api.app import create_app
@@ -16,7 +16,7 @@ from dso.api.prompt_stats import PromptStats
 from dso.api.server import ApiServer
 from dso.broker.broker import Broker
 from dso.broker.keys import KeySpace
-from dso.broker.records import LabelledRecord, Verdict
+from dso.broker.records import LabelledRecord
 from dso.broker.streams import DATA_FIELD
 from dso.shapes.prompts import training_prompt
 from test_loop_support import export_random_tiny_model, loop_test_settings
@@ -124,7 +124,7 @@ def test_paired_objective_pairs_by_prompt(loop_env, tmp_path):
     for record in list(broker.replay.sample(8, 0, rng=np.random.default_rng(0)).stable):
         twin = LabelledRecord.from_verdict(
             type(record.sample)(**{**record.sample.header(), "latent": record.sample.latent, "occupancy": record.sample.occupancy, "sample_id": record.sample_id + "u"}),
-            Verdict(stable=False, tilt_deg=80.0, rotation_deg=80.0),
+            verdict_of("unstable"),
         )
         broker.replay.add(twin)
     assert learner.ready()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings, valkey_server, verdict_of  # noqa: F401
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -49,16 +49,16 @@ def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:  # noqa: F811
 
 
 def test_verdicts_map_to_the_four_results() -> None:
-    assert labelled_result({"status": "ok", "stable": True}) == "stable"
-    assert labelled_result({"status": "ok", "stable": False}) == "unstable"
-    assert labelled_result({"status": "invalid_input", "stable": False}) == "invalid"
-    assert labelled_result({"status": "sim_error"}) == "error"
-    assert labelled_result({"status": "timeout"}) == "error"
-    assert labelled_result("stable") == "stable"
+    from dso.sim.verdict import Outcome, SimStatus, Verdict
+
+    assert labelled_result(Verdict(status=SimStatus.ok, stable=True)) == "stable"
+    assert labelled_result(Verdict(status=SimStatus.ok, stable=False)) == "unstable"
+    assert labelled_result(Verdict.failure(SimStatus.invalid_input, "empty")) == "invalid"
+    assert labelled_result(Verdict.failure(SimStatus.sim_error, "crashed")) == "error"
+    assert labelled_result(Verdict.failure(SimStatus.timeout, "slow")) == "error"
+    assert labelled_result("stable") == "stable" and labelled_result(Outcome.error) == "error"
     with pytest.raises(ValueError, match="result must be one of"):
         labelled_result("maybe")
-    with pytest.raises(ValueError, match="'stable' field"):
-        labelled_result({"status": "ok"})
 
 
 def test_oracle_verdict_objects_are_read_directly() -> None:
@@ -73,14 +73,16 @@ def test_oracle_verdict_objects_are_read_directly() -> None:
 
 
 def test_helpers_record_counters_histograms_and_gauges() -> None:
+    from dso.sim.verdict import SimStatus, Verdict
+
     registry = CollectorRegistry()
     metrics = LoopMetrics(registry)
     for result in ("stable", "unstable", "invalid", "error"):  # every series exists before the first event
         assert value(registry, "dso_samples_labelled_total", {"result": result}) == 0
     metrics.observe_generated(8, 1.25)
-    metrics.observe_labelled({"status": "ok", "stable": True, "elapsed_s": 0.02})
-    metrics.observe_labelled({"status": "ok", "stable": False}, seconds=0.5)
-    metrics.observe_labelled({"status": "timeout", "stable": False}, seconds=30.0)
+    metrics.observe_labelled(Verdict(status=SimStatus.ok, stable=True, elapsed_s=0.02))
+    metrics.observe_labelled(Verdict(status=SimStatus.ok, stable=False), seconds=0.5)
+    metrics.observe_labelled(Verdict.failure(SimStatus.timeout, "slow"), seconds=30.0)
     metrics.observe_learner_step(loss=0.42, seconds=0.2)
     metrics.observe_adapter_published(version=3)
     metrics.set_adapter_version("generator", 2)
@@ -127,7 +129,7 @@ def test_api_exposition_passes_promtool_and_has_no_ids_in_labels(broker: Broker)
     metrics = LoopMetrics(CollectorRegistry())
     app = create_app(Settings(broker=broker.settings, api=ApiSettings()), broker, metrics=metrics, environ={})
     prompt = broker.prompts.add(b"\x89PNG fake bytes are fine for the store", {}).prompt_id
-    broker.stats.record_labelled({"status": "ok", "stable": True}, adapter_version=0)
+    broker.stats.record_labelled(verdict_of("stable"), adapter_version=0)
     with TestClient(app) as client:
         client.get(f"/v1/prompts/{prompt}")
         client.get("/v1/prompts/" + "1" * 64)
@@ -142,7 +144,7 @@ def test_api_exposition_passes_promtool_and_has_no_ids_in_labels(broker: Broker)
 
 def test_broker_collector_keeps_only_the_newest_versions(broker: Broker) -> None:
     for version in range(6):
-        broker.stats.record_labelled({"status": "ok", "stable": version % 2 == 0}, adapter_version=version)
+        broker.stats.record_labelled(verdict_of("stable" if version % 2 == 0 else "unstable"), adapter_version=version)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BrokerCollector(broker, recent_versions=3))
     text = generate_latest(registry).decode()

@@ -1,5 +1,9 @@
 """Simulator role: take samples from the ``samples`` stream, label them with the oracle, pass them on.
 
+The oracle is the one ``settings.sim.oracle`` names (``dso.sim.contract.make_oracle``); its
+``Verdict`` goes into the labelled record unchanged, failure verdicts (invalid input,
+simulator error, timeout) included: those are labelled and counted as invalid, not retried.
+
 Delivery is at-least-once: the labelled record is enqueued *before* the sample
 entry is acked, so a worker killed in between only causes a second copy with
 the same sample id, which the replay buffer drops. A worker killed mid-item
@@ -17,29 +21,25 @@ it ingests a sample id for the first time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
 from dso import telemetry
 from dso.broker.broker import Broker
 from dso.broker.records import LabelledRecord, RecordDecodeError, SampleRecord
 from dso.broker.streams import Delivery
-from dso.config import Settings, SimSettings
-from dso.sim.oracle import simulate
+from dso.config import Settings
+from dso.sim.contract import Oracle, make_oracle
 
 log = logging.getLogger(__name__)
-
-SimulateFn = Callable[[Any, SimSettings], Any]
 
 
 class SimulatorWorker:
     """One consumer of the ``samples`` stream."""
 
-    def __init__(self, broker: Broker, settings: Settings, name: str = "simulator-0", simulate_fn: SimulateFn = simulate):
+    def __init__(self, broker: Broker, settings: Settings, name: str = "simulator-0", oracle: Oracle | None = None):
         self.broker = broker
         self.settings = settings
         self.name = name
-        self.simulate_fn = simulate_fn
+        self.oracle = oracle if oracle is not None else make_oracle(settings.sim)
         self.labelled = 0
         self.failed = 0
         self.dead_lettered = 0
@@ -68,9 +68,9 @@ class SimulatorWorker:
             self.dead_lettered += 1
             return False
         try:
-            verdict = self.simulate_fn(sample.occupancy, self.settings.sim)
+            verdict = self.oracle.simulate(sample.occupancy)
             labelled = LabelledRecord.from_verdict(sample, verdict)
-        except Exception as exc:  # noqa: BLE001 - any failure leaves the entry for reclaim / dead-letter
+        except Exception as exc:  # noqa: BLE001 - an oracle that raises leaves the entry for reclaim / dead-letter
             self.failed += 1
             log.warning(
                 "%s: simulating sample %s failed (delivery %d of %d): %s",

@@ -34,6 +34,7 @@ from dso.api.schemas import (
 )
 from dso.broker.records import LabelledRecord, RecordDecodeError
 from dso.broker.replay import CLASSES, ReplayBuffer
+from dso.sim.verdict import Outcome
 from dso.config import ConsoleSettings, Settings, ShapesSettings
 
 router = APIRouter(tags=["samples"])
@@ -128,7 +129,8 @@ def sample_info(record: LabelledRecord) -> SampleInfo:
         seed=sample.seed,
         adapter_version=sample.adapter_version,
         created_at=sample.created_at,
-        stable=verdict.stable,
+        outcome=verdict.outcome,
+        stable=verdict.outcome == Outcome.stable,
         tilt_deg=verdict.tilt_deg,
         rotation_deg=verdict.rotation_deg,
         status=verdict.status,

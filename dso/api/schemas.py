@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dso.broker.adapter_store import AdapterManifest
 from dso.broker.promotion import Decision
+from dso.sim.verdict import Outcome, SimStatus
 
 PROMPT_ID_PATTERN = r"^[0-9a-f]{64}$"
 SHA = "3f1a3c5e0b2d4f6a8c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a"
@@ -258,10 +259,11 @@ class SampleInfo(BaseModel):
     seed: int
     adapter_version: int = Field(description="the adapter version that generated it (0 = base model)")
     created_at: float = Field(description="Unix time the sample was generated")
+    outcome: Outcome = Field(description="the oracle verdict's class (the replay buffer keeps only judged ones)")
     stable: bool
-    tilt_deg: float = Field(description="angle of the body's up axis from vertical at the end (yaw ignored)")
-    rotation_deg: float = Field(description="total rotation angle at the end (yaw included)")
-    status: str = Field(examples=["ok"])
+    tilt_deg: float | None = Field(description="angle of the body's up axis from vertical at the end (yaw ignored)")
+    rotation_deg: float | None = Field(description="total rotation angle at the end (yaw included)")
+    status: SimStatus = Field(examples=["ok"])
     message: str = ""
     pose: SamplePose | None = Field(None, description="final resting pose; null for records made before it was kept")
     mesh_url: str = Field(examples=["/v1/samples/5f0c.../mesh.glb"])

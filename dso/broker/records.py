@@ -20,14 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+
+from dso.sim.verdict import Outcome, Verdict  # the oracle's own verdict type, kept unchanged (dso.sim.contract)
 
 MAGIC = b"DSOR"
 FORMAT_VERSION = 1
 _LEN = struct.Struct("<I")
-
-STATUS_OK = "ok"  # dso.sim statuses: ok, invalid_input, sim_error, timeout
-
 
 class RecordDecodeError(ValueError):
     """Bytes that are not a valid encoded record (wrong magic, truncated, bad header)."""
@@ -38,51 +36,13 @@ def new_sample_id() -> str:
     return uuid.uuid4().hex
 
 
-class Verdict(BaseModel):
-    """The oracle's answer for one sample: the fields the broker keeps of ``dso.sim``'s verdict.
-
-    Built from any mapping (or the sim's own record via ``Verdict.from_any``); extra
-    fields of the full verdict are ignored here so the two helpers stay decoupled.
-    """
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    stable: bool
-    tilt_deg: float
-    rotation_deg: float
-    status: str = STATUS_OK
-    message: str = ""
-    sim_seconds: float = 0.0
-    # final resting pose of the body (dso.sim: origin in metres, quaternion w, x, y, z); None in records
-    # written before the pose was kept, or when the simulator gave no physics result
-    position: list[float] | None = None
-    quaternion: list[float] | None = None
-
-    @property
-    def valid(self) -> bool:
-        """True when the simulator actually judged the object (status ok)."""
-        return self.status == STATUS_OK
-
-    @classmethod
-    def from_any(cls, verdict: Any) -> Verdict:
-        """Accept a Verdict, a mapping, a pydantic model or a dataclass from ``dso.sim``."""
-        if isinstance(verdict, cls):
-            return verdict
-        if isinstance(verdict, Mapping):
-            data = dict(verdict)
-        elif hasattr(verdict, "model_dump"):
-            data = verdict.model_dump()
-        elif hasattr(verdict, "__dataclass_fields__"):
-            data = {name: getattr(verdict, name) for name in verdict.__dataclass_fields__}
-        else:
-            raise TypeError(f"cannot read a verdict from {type(verdict).__name__}")
-        if "sim_seconds" not in data:
-            # dso.sim names the wall time differently; take the first that exists
-            for alt in ("elapsed_s", "wall_seconds", "elapsed_seconds"):
-                if alt in data:
-                    data["sim_seconds"] = data[alt]
-                    break
-        return cls.model_validate(data)
+def _verdict_from_header(data: Mapping[str, Any]) -> Verdict:
+    """The verdict stored in a labelled record's header (records written before the broker kept the
+    oracle's own ``Verdict`` named its wall time ``sim_seconds`` and carried no other fields)."""
+    data = dict(data)
+    if "sim_seconds" in data:
+        data.setdefault("elapsed_s", data.pop("sim_seconds"))
+    return Verdict.model_validate(data)
 
 
 def _as_float16_latent(latent: np.ndarray) -> np.ndarray:
@@ -171,14 +131,16 @@ class SampleRecord:
 
 @dataclass(frozen=True, eq=False)
 class LabelledRecord:
-    """A sample together with the simulator's verdict on it."""
+    """A sample together with the oracle's verdict on it (``dso.sim.verdict.Verdict``, unchanged)."""
 
     sample: SampleRecord
     verdict: Verdict
 
     @classmethod
-    def from_verdict(cls, sample: SampleRecord, verdict: Any) -> LabelledRecord:
-        return cls(sample=sample, verdict=Verdict.from_any(verdict))
+    def from_verdict(cls, sample: SampleRecord, verdict: Verdict) -> LabelledRecord:
+        if not isinstance(verdict, Verdict):
+            raise TypeError(f"an oracle must return a dso.sim Verdict, got {type(verdict).__name__}")
+        return cls(sample=sample, verdict=verdict)
 
     @property
     def sample_id(self) -> str:
@@ -190,11 +152,11 @@ class LabelledRecord:
 
     @property
     def stable(self) -> bool:
-        return self.verdict.stable
+        return self.verdict.outcome == Outcome.stable
 
     def to_bytes(self) -> bytes:
         header = self.sample.header()
-        header["verdict"] = self.verdict.model_dump()
+        header["verdict"] = self.verdict.model_dump(mode="json")
         return _encode("labelled", header, self.sample.latent, self.sample.occupancy)
 
     @classmethod
@@ -205,7 +167,11 @@ class LabelledRecord:
         if "verdict" not in header:
             raise RecordDecodeError("labelled record header lacks the verdict")
         sample = SampleRecord._from_parts(header, latent, occupancy)
-        return cls(sample=sample, verdict=Verdict.model_validate(header["verdict"]))
+        try:
+            verdict = _verdict_from_header(header["verdict"])
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise RecordDecodeError(f"malformed verdict in labelled record: {exc}") from exc
+        return cls(sample=sample, verdict=verdict)
 
 
 def _encode(kind: str, header: dict[str, Any], latent: np.ndarray, occupancy: np.ndarray) -> bytes:

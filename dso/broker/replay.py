@@ -28,8 +28,9 @@ from dso.broker.keys import KeySpace
 from dso.broker.records import LabelledRecord, RecordDecodeError
 from dso.broker.streams import Delivery, WorkQueue
 from dso.config import BrokerSettings
+from dso.sim.verdict import Outcome
 
-CLASSES = ("stable", "unstable")
+CLASSES = (Outcome.stable.value, Outcome.unstable.value)  # the judged outcomes, the only ones stored
 
 _INSERT_AND_ACK = """
 -- KEYS: seen, data, arrival zset, version zset, seq, stream
@@ -160,7 +161,7 @@ class ReplayBuffer:
                 group,
                 entry_id,
                 "1" if delete_acked else "0",
-                "1" if record.verdict.valid else "0",
+                "1" if record.verdict.outcome.judged else "0",
             ],
         )
         return _RESULT_CODES[int(code)]

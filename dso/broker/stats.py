@@ -15,7 +15,8 @@ of 10 s labelling 6/s reports 6/s, not 60 / 300 s; a stopped loop decays to 0.
 
 Stability rate = stable / (stable + unstable): verdicts the simulator could not
 give (invalid input, sim error, timeout) are counted as ``invalid`` and reported
-as their own rate, not folded into either class.
+as their own rate, not folded into either class. The class comes from the
+verdict itself (``dso.sim.verdict.Verdict.outcome`` and ``Outcome.counted_as``).
 
 Record a labelled sample once: call ``record_labelled`` when the replay buffer
 reports ``IngestResult.INSERTED`` (or SKIPPED), so redeliveries do not count twice.
@@ -33,21 +34,10 @@ from dso.broker.keys import KeySpace
 from dso.broker.registry import AdapterRegistry
 from dso.broker.streams import WorkQueue
 from dso.config import BrokerSettings
+from dso.sim.verdict import Outcome, Verdict
 
 COUNTERS = ("generated", "labelled", "stable", "unstable", "invalid")
-_OUTCOME_CODES = {"stable": "s", "unstable": "u", "invalid": "i"}
-
-
-def classify_verdict(verdict: Mapping[str, Any] | Any) -> str:
-    """'stable', 'unstable' or 'invalid' from a verdict mapping or object."""
-    get = verdict.get if isinstance(verdict, Mapping) else lambda name, default=None: getattr(verdict, name, default)
-    status = get("status", "ok")
-    if status != "ok":
-        return "invalid"
-    stable = get("stable")
-    if stable is None:
-        raise ValueError("verdict summary needs a 'stable' field when its status is ok")
-    return "stable" if stable else "unstable"
+_OUTCOME_CODES = {Outcome.stable.value: "s", Outcome.unstable.value: "u", Outcome.invalid.value: "i"}
 
 
 def _rate(numerator: int, denominator: int) -> float | None:
@@ -110,9 +100,9 @@ class StatsStore:
         pipe.ltrim(self.keys.stats("generated_events"), 0, self.window_samples - 1)
         pipe.execute()
 
-    def record_labelled(self, verdict_summary: Mapping[str, Any] | Any, adapter_version: int) -> str:
-        """One verdict on a sample of ``adapter_version``; returns its class (stable/unstable/invalid)."""
-        outcome = classify_verdict(verdict_summary)
+    def record_labelled(self, verdict: Verdict, adapter_version: int) -> str:
+        """One verdict on a sample of ``adapter_version``; returns its counted class (``Outcome.counted_as``)."""
+        outcome = verdict.outcome.counted_as
         now = time.time()
         pipe = self.client.pipeline(transaction=True)
         for key in (self.keys.stats("totals"), self._version_key(adapter_version)):

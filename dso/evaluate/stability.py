@@ -23,7 +23,7 @@ from dso.evaluate.geometry import compare_meshes
 from dso.models.mesh import occupancy_to_mesh
 from dso.shapes.prompts import Prompt
 from dso.sim.batch import label_batch, resolve_workers
-from dso.sim.verdict import SimStatus, Verdict
+from dso.sim.verdict import Outcome, Verdict
 
 
 @dataclass
@@ -112,8 +112,8 @@ def score_samples(prompts: Sequence[Prompt], samples: HeldoutSamples, sim: SimSe
     out = []
     for n, (verdict, (chamfer, fscore, ratio)) in enumerate(zip(verdicts, geometry)):
         prompt = prompts[samples.prompt_index[n]]
-        output = verdict.status != SimStatus.invalid_input
-        ok = verdict.status == SimStatus.ok
+        output = verdict.outcome != Outcome.invalid
+        ok = verdict.outcome.judged
         out.append(
             SampleEval(
                 prompt_id=prompt.prompt_id,
@@ -121,7 +121,7 @@ def score_samples(prompts: Sequence[Prompt], samples: HeldoutSamples, sim: SimSe
                 seed=int(samples.seeds[n]),
                 output=output,
                 status=verdict.status.value,
-                stable=ok and verdict.stable,
+                stable=verdict.outcome == Outcome.stable,
                 tilt_deg=float(verdict.tilt_deg) if ok and verdict.tilt_deg is not None else math.nan,
                 rotation_deg=float(verdict.rotation_deg) if ok and verdict.rotation_deg is not None else math.nan,
                 chamfer=chamfer if output else math.nan,

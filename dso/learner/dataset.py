@@ -29,7 +29,7 @@ from PIL import Image
 from dso.config import DatasetSettings, ShapesSettings, SimSettings
 from dso.shapes.prompts import Prompt, training_prompt
 from dso.sim.batch import label_batch
-from dso.sim.verdict import SimStatus, Verdict
+from dso.sim.verdict import Outcome, SimStatus, Verdict
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
@@ -100,7 +100,7 @@ def _verdict_arrays(verdicts: Sequence[Verdict]) -> dict[str, np.ndarray]:
     nan = float("nan")
     return {
         "status": np.array([v.status.value for v in verdicts]),
-        "stable": np.array([v.status == SimStatus.ok and v.stable for v in verdicts], dtype=bool),
+        "stable": np.array([v.outcome == Outcome.stable for v in verdicts], dtype=bool),
         "tilt_deg": np.array([nan if v.tilt_deg is None else v.tilt_deg for v in verdicts], dtype=np.float32),
         "rotation_deg": np.array([nan if v.rotation_deg is None else v.rotation_deg for v in verdicts], dtype=np.float32),
     }

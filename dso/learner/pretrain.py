@@ -60,10 +60,10 @@ def _make_object(args: tuple[int, Settings]) -> tuple[int, np.ndarray, list[np.n
     images = [render_occupancy(obj.occupancy, cam, size=settings.shapes.render_size, parts=obj.parts) for cam in views]
     stands = True
     if settings.pretrain.drop_unstable:
-        from dso.sim.oracle import simulate
+        from dso.sim.contract import make_oracle
+        from dso.sim.verdict import Outcome
 
-        verdict = simulate(obj.occupancy, settings.sim)
-        stands = verdict.status == "ok" and verdict.stable
+        stands = make_oracle(settings.sim).simulate(obj.occupancy).outcome == Outcome.stable
     return seed, obj.occupancy, images, stands
 
 

@@ -1,7 +1,8 @@
 """The stability oracle: geometry -> MuJoCo -> verdict (pure library: no Ray, Redis or HTTP).
 
-    from dso.sim import simulate, label_batch, OraclePool, Verdict
-    verdict = simulate(occupancy_or_mesh_or_path, SimSettings())
+    from dso.sim import make_oracle, simulate, label_batch, OraclePool, Verdict
+    verdict = make_oracle(SimSettings()).simulate(occupancy_or_mesh_or_path)  # the oracle named in config
+    verdict = simulate(occupancy_or_mesh_or_path, SimSettings())  # the standing oracle itself
 
 Names are imported lazily, so that ``import dso.sim.cli`` (and ``dso --help``)
 does not load MuJoCo.
@@ -13,6 +14,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "ORACLES": "dso.sim.contract",
+    "Oracle": "dso.sim.contract",
+    "StandingOracle": "dso.sim.contract",
+    "make_oracle": "dso.sim.contract",
     "OraclePool": "dso.sim.batch",
     "label_batch": "dso.sim.batch",
     "simulate": "dso.sim.oracle",
@@ -20,6 +25,7 @@ _EXPORTS = {
     "reference_settings": "dso.sim.presets",
     "rotation_deg": "dso.sim.rotation",
     "tilt_deg": "dso.sim.rotation",
+    "Outcome": "dso.sim.verdict",
     "SimStatus": "dso.sim.verdict",
     "StopReason": "dso.sim.verdict",
     "Verdict": "dso.sim.verdict",

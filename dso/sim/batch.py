@@ -1,6 +1,6 @@
 """Label many inputs over a pool of worker processes that survives bad items.
 
-Each worker runs ``simulate`` one item at a time. The parent gives every item
+Each worker runs the configured oracle's ``simulate`` (``settings.oracle``) one item at a time. The parent gives every item
 a hard deadline (the in-worker wall-clock limit plus a grace period): a worker
 that overruns it is killed and replaced (verdict ``timeout``); a worker that
 dies (segfault, OOM kill) is replaced too (verdict ``sim_error``). One bad item
@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection, wait
 
 from dso.config import SimSettings
 from dso.sim.inputs import SimInput
-from dso.sim.oracle import simulate
+from dso.sim.contract import make_oracle
 from dso.sim.verdict import SimStatus, Verdict
 
 # The parent's hard deadline per item: the in-worker limit times this, plus a fixed grace.
@@ -40,6 +40,7 @@ def resolve_workers(workers: int | None, settings: SimSettings) -> int:
 def _worker_main(conn: Connection, settings_json: str) -> None:
     """Worker loop: receive (index, item), send (index, verdict JSON); None ends it."""
     settings = SimSettings.model_validate_json(settings_json)
+    oracle = make_oracle(settings)  # the oracle settings.oracle names
     conn.send(_READY)  # imports done: item deadlines start counting only from here
     while True:
         try:
@@ -49,7 +50,7 @@ def _worker_main(conn: Connection, settings_json: str) -> None:
         if message is None:
             return
         index, item = message
-        conn.send((index, simulate(item, settings).model_dump_json()))
+        conn.send((index, oracle.simulate(item).model_dump_json()))
 
 
 @dataclass

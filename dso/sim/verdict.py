@@ -1,4 +1,10 @@
-"""The oracle's answer for one input: a JSON-serialisable record."""
+"""The oracle's answer for one input: a JSON-serialisable record, the one verdict type of the loop.
+
+Every oracle returns a ``Verdict``; the simulator workers put it unchanged into the
+broker's labelled records, and stats, Prometheus metrics, the replay buffer, the API
+and the console all read its ``outcome`` (``Verdict.outcome``, the single place that
+turns a status and a stability flag into stable / unstable / invalid / error).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,32 @@ class SimStatus(str, Enum):
     invalid_input = "invalid_input"  # the input cannot be simulated (empty, degenerate, unreadable...)
     sim_error = "sim_error"  # MuJoCo failed, or the worker process died
     timeout = "timeout"  # the wall-clock limit per item ran out
+
+
+class Outcome(str, Enum):
+    """What a verdict means for the loop (the ``result`` label of ``dso_samples_labelled_total``)."""
+
+    stable = "stable"  # judged, and it stands
+    unstable = "unstable"  # judged, and it falls
+    invalid = "invalid"  # the input was not a usable object (status invalid_input)
+    error = "error"  # the oracle failed on it (status sim_error or timeout)
+
+    @property
+    def judged(self) -> bool:
+        """True when the oracle actually judged the object: a label the learner can train on."""
+        return self in (Outcome.stable, Outcome.unstable)
+
+    @property
+    def counted_as(self) -> str:
+        """Its class in the run's counters (stats, per-prompt stats): stable, unstable or invalid.
+
+        The counters keep one ``invalid`` class for every verdict without a label (invalid
+        input, simulator error, timeout); Prometheus keeps ``invalid`` and ``error`` apart.
+        """
+        return self.value if self.judged else Outcome.invalid.value
+
+
+COUNTED_CLASSES = (Outcome.stable.value, Outcome.unstable.value, Outcome.invalid.value)
 
 
 class StopReason(str, Enum):
@@ -52,6 +84,13 @@ class Verdict(BaseModel):
     mass: float | None = None  # kg
     com: list[float] | None = None  # centre of mass in the initial (placed) frame, metres
     elapsed_s: float = 0.0  # wall-clock seconds for this item, geometry included
+
+    @property
+    def outcome(self) -> Outcome:
+        """The one classification of a verdict, used by every consumer."""
+        if self.status == SimStatus.ok:
+            return Outcome.stable if self.stable else Outcome.unstable
+        return Outcome.invalid if self.status == SimStatus.invalid_input else Outcome.error
 
     @classmethod
     def failure(cls, status: SimStatus, message: str, elapsed_s: float = 0.0, **extra) -> "Verdict":

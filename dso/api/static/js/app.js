@@ -1,7 +1,7 @@
 // The console's entry point: polls the API, keeps every panel current, and never leaves a blank page.
 import { ApiError, call, getJson, getToken, setToken } from './api.js';
 import { drawChart } from './chart.js';
-import { renderGallery } from './gallery.js';
+import { degrees, renderGallery } from './gallery.js';
 import { newestPrompts, renderPromptList, wireUpload } from './prompts.js';
 import { assess, showStatus } from './status.js';
 import { showSample } from './viewer.js';
@@ -121,8 +121,7 @@ async function drawSelected() {
   ui.poseResting.disabled = !sample.resting_mesh_url;
   ui.poseUpright.setAttribute('aria-pressed', String(view.pose === 'upright'));
   ui.poseResting.setAttribute('aria-pressed', String(view.pose === 'resting'));
-  const verdict = sample.stable ? 'stable' : 'unstable';
-  ui.viewerCaption.textContent = `${verdict}, tilt ${sample.tilt_deg.toFixed(1)}°, rotation ${sample.rotation_deg.toFixed(1)}° · adapter v${sample.adapter_version} · ${view.pose === 'resting' ? 'final resting pose from the simulator' : 'as generated'}`;
+  ui.viewerCaption.textContent = `${sample.outcome}, tilt ${degrees(sample.tilt_deg)}, rotation ${degrees(sample.rotation_deg)} · adapter v${sample.adapter_version} · ${view.pose === 'resting' ? 'final resting pose from the simulator' : 'as generated'}`;
   try {
     await showSample(ui.viewer, sample, view.pose);
   } catch (err) {

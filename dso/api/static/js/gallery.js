@@ -20,18 +20,23 @@ function thumb(path, caption, alt) {
   return figure;
 }
 
+/** An angle of a verdict, or a dash when the oracle gave none. */
+export function degrees(value) {
+  return value === null || value === undefined ? '–' : `${value.toFixed(1)}°`;
+}
+
 function card(sample, onSelect) {
   const node = document.createElement('article');
   node.className = 'sample-card';
   node.tabIndex = 0;
   node.dataset.sampleId = sample.id;
   node.dataset.promptId = sample.prompt_id;
-  node.dataset.verdict = sample.stable ? 'stable' : 'unstable';
+  node.dataset.verdict = sample.outcome;  // the oracle verdict's class: stable | unstable
   const thumbs = document.createElement('div');
   thumbs.className = 'thumbs';
   thumbs.append(thumb(sample.prompt_image_url, 'prompt', 'prompt image'));
   thumbs.append(thumb(sample.preview_url, 'generated', 'generated shape'));
-  if (!sample.stable && sample.resting_preview_url) {
+  if (sample.outcome !== 'stable' && sample.resting_preview_url) {
     thumbs.append(thumb(sample.resting_preview_url, 'after the drop', 'final resting pose'));
   }
   const meta = document.createElement('div');
@@ -41,7 +46,7 @@ function card(sample, onSelect) {
   badge.textContent = node.dataset.verdict;
   const text = document.createElement('span');
   text.className = 'muted';
-  text.textContent = `tilt ${sample.tilt_deg.toFixed(1)}° · v${sample.adapter_version} · ${ago(sample.created_at)}`;
+  text.textContent = `tilt ${degrees(sample.tilt_deg)} · v${sample.adapter_version} · ${ago(sample.created_at)}`;
   meta.append(badge, text);
   node.append(thumbs, meta);
   node.addEventListener('click', () => onSelect(sample));

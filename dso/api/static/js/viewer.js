@@ -76,7 +76,7 @@ export async function showSample(container, sample, pose) {
   const buffer = await (await call(meshPath)).arrayBuffer();
   const gltf = await new T.GLTFLoader().parseAsync(buffer, '');
   const material = new T.MeshStandardMaterial({
-    color: sample.stable ? COLORS.stable : COLORS.unstable, roughness: 0.6, metalness: 0.05, flatShading: true,
+    color: COLORS[sample.outcome] ?? COLORS.unstable, roughness: 0.6, metalness: 0.05, flatShading: true,
   });
   gltf.scene.traverse((node) => { if (node.isMesh) node.material = material; });
   if (s.object) s.scene.remove(s.object);
