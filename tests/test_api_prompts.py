@@ -16,7 +16,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from dso.api.app import create_app
-from dso.api.prompt_stats import PromptStats
+from dso.broker.prompt_stats import PromptStats
 from dso.broker import Broker
 from dso.broker.prompts import prompt_id_for
 from dso.config import ApiSettings, Settings

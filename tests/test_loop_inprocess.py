@@ -12,7 +12,7 @@ from conftest_broker import make_settings, valkey_server, verdict_of  # noqa: F4
 from dso.actors import AdoptionLog, GeneratorWorker, Learner, SimulatorWorker, seed_default_prompts
 from dso.actors.prompt_images import png_bytes
 from dso.api.app import create_app
-from dso.api.prompt_stats import PromptStats
+from dso.broker.prompt_stats import PromptStats
 from dso.api.server import ApiServer
 from dso.broker.broker import Broker
 from dso.broker.keys import KeySpace

@@ -35,7 +35,7 @@ import torch
 
 from dso import telemetry
 from dso.actors.prompt_images import PromptImages
-from dso.api.prompt_stats import PromptStats
+from dso.broker.prompt_stats import PromptStats
 from dso.broker.adapter_store import AdapterManifest, AdapterStoreError
 from dso.broker.broker import Broker
 from dso.broker.promotion import CanaryRecord, Decision

@@ -2,6 +2,6 @@
 
 Build the app with ``dso.api.app.create_app(settings, broker)``; serve it with
 ``dso.api.server.ApiServer`` (a uvicorn thread, used by ``dso run``) or the
-``dso api`` command. This package's ``__init__`` imports nothing heavy, so loop
-processes can import ``dso.api.prompt_stats`` without FastAPI.
+``dso api`` command. The loop's roles never import this package (an import-linter
+contract in pyproject.toml); what they share with it lives in ``dso.broker``.
 """

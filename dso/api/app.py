@@ -22,7 +22,7 @@ from dso.api.auth import TokenSource
 from dso.api.deps import ApiContext
 from dso.api.errors import install_error_handlers
 from dso.api.http_metrics import HttpMetricsMiddleware
-from dso.api.prompt_stats import PromptStats
+from dso.broker.prompt_stats import PromptStats
 from dso.api.uploads import IMAGES_FIELD
 from dso.broker import Broker
 from dso.config import Settings

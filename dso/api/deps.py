@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from dso.api.archive import ArchiveCache
 from dso.api.auth import TokenSource, check_bearer
-from dso.api.prompt_stats import PromptStats
+from dso.broker.prompt_stats import PromptStats
 from dso.broker import Broker
 from dso.config import ApiSettings
 from dso.telemetry import LoopMetrics, MetricsTargets

@@ -1,13 +1,13 @@
 """Per-prompt verdict counts, so ``GET /v1/prompts/{id}`` can show a prompt's own stability rate.
 
 Kept in Redis next to the run's other statistics (``<prefix>:stats:prompt:<id>``,
-a hash of counts). The simulator records each verdict once, right where it calls
-``broker.stats.record_labelled``::
+a hash of counts). The learner records each verdict once, when it ingests a sample id
+for the first time, right where it calls ``broker.stats.record_labelled``::
 
     outcome = broker.stats.record_labelled(verdict, record.adapter_version)
     PromptStats.for_broker(broker).record(record.prompt_id, outcome)
 
-No FastAPI here: loop processes import this module.
+The broker owns these keys; the API reads them through this class.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-OUTCOMES = ("stable", "unstable", "invalid")
+from dso.sim.verdict import COUNTED_CLASSES
+
+OUTCOMES = COUNTED_CLASSES  # stable, unstable, invalid (Outcome.counted_as)
 
 
 class PromptStats:
