@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/run.yaml
 
-.PHONY: setup run test bench lock clean
+.PHONY: setup run test lint bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/dso run --config $(CONFIG)
 
+# Lint (ruff) and the layer contracts (import-linter, pyproject.toml) first: a broken layer fails fast.
 test: setup
+	$(BIN)/ruff check dso tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check dso tests bench
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/generator.py

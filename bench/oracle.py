@@ -32,7 +32,7 @@ from dso.sim.batch import OraclePool  # noqa: E402
 from dso.sim.oracle import simulate  # noqa: E402
 from dso.sim.presets import paper_settings, reference_settings  # noqa: E402
 from dso.sim.verdict import SimStatus, Verdict  # noqa: E402
-from benchdocs import write_section as write_section_in
+from benchdocs import write_section as write_section_in  # noqa: E402
 
 SECTION = "## Stability oracle"
 

@@ -107,7 +107,7 @@ app.command("run")(_loop_run)
 app.add_typer(_worker_app, name="worker")
 
 
-from dso.sim.cli import simulate_command  # noqa: E402  (light: MuJoCo loads when the command runs)
+from dso.jobs.sim_cli import simulate_command  # noqa: E402  (light: MuJoCo loads when the command runs)
 
 app.command("simulate")(simulate_command)
 

@@ -1,22 +1,19 @@
-"""Broker test fixtures: one real embedded Valkey per test session, one key prefix per test.
+"""Broker test helpers: settings with one key prefix per test, sample / labelled records, verdicts.
 
-Import the fixtures into a test module with
-``from conftest_broker import broker_settings, valkey_server, redis_client, make_settings, ...``.
+The fixtures that use them (``valkey_server``: one real embedded Valkey per test session,
+``redis_client``, ``broker_settings``) live in conftest.py, so every test module gets them
+without importing them; import the helpers here by name (``from conftest_broker import make_settings``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-import redis
 
 from dso.broker.records import LabelledRecord, SampleRecord
-from dso.broker.server import EmbeddedValkey, make_client
 from dso.config import BrokerSettings
 from dso.sim.verdict import Outcome, SimStatus, Verdict
 
@@ -71,21 +68,3 @@ def make_labelled(stable: bool, adapter_version: int = 0, seed: int = 0, status:
     else:
         verdict = Verdict.failure(SimStatus(status), f"test {status} verdict", elapsed_s=0.1)
     return LabelledRecord(sample=make_sample(adapter_version, seed=seed), verdict=verdict)
-
-
-@pytest.fixture(scope="session")
-def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    with EmbeddedValkey(tmp_path_factory.mktemp("valkey-session")) as server:
-        yield server
-
-
-@pytest.fixture()
-def redis_client(valkey_server: EmbeddedValkey) -> Iterator[redis.Redis]:
-    client = make_client(valkey_server.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def broker_settings(tmp_path: Path, valkey_server: EmbeddedValkey) -> BrokerSettings:
-    return make_settings(tmp_path, redis_url=valkey_server.url)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings
 from fastapi.testclient import TestClient
 from peft import PeftModel
 from prometheus_client import CollectorRegistry
@@ -56,7 +56,7 @@ def promote(broker: Broker, version: int) -> None:
 
 
 @pytest.fixture()
-def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:  # noqa: F811
+def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:
     with Broker.open(make_settings(tmp_path, redis_url=valkey_server.url)) as opened:
         yield opened
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -28,7 +28,7 @@ def png() -> bytes:
 
 
 @pytest.fixture()
-def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:  # noqa: F811
+def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:
     with Broker.open(make_settings(tmp_path, redis_url=valkey_server.url)) as opened:
         yield opened
 

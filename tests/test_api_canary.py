@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -46,7 +46,7 @@ def decide(broker: Broker, version: int, decision: Decision, scores: dict[str, f
 
 
 @pytest.fixture()
-def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:  # noqa: F811
+def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:
     with Broker.open(make_settings(tmp_path, redis_url=valkey_server.url)) as opened:
         yield opened
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from PIL import Image
@@ -50,7 +50,7 @@ def seeded_app(tmp_path: Path, redis_url: str):
     return app, broker
 
 
-def test_openapi_document_is_complete(tmp_path: Path, valkey_server) -> None:  # noqa: F811
+def test_openapi_document_is_complete(tmp_path: Path, valkey_server) -> None:
     app, broker = seeded_app(tmp_path, valkey_server.url)
     try:
         document = app.openapi()
@@ -68,7 +68,7 @@ def test_openapi_document_is_complete(tmp_path: Path, valkey_server) -> None:  #
 
 
 @pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
-def test_no_server_errors_and_responses_match_the_document(tmp_path: Path, valkey_server, mode) -> None:  # noqa: F811
+def test_no_server_errors_and_responses_match_the_document(tmp_path: Path, valkey_server, mode) -> None:
     app, broker = seeded_app(tmp_path, valkey_server.url)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     failures: list[str] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -28,7 +28,7 @@ MAX_UPLOAD = 256 * 1024
 
 
 @pytest.fixture()
-def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:  # noqa: F811
+def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:
     with Broker.open(make_settings(tmp_path, redis_url=valkey_server.url)) as opened:
         yield opened
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from conftest_broker import make_settings, valkey_server, verdict_of  # noqa: F401
+from conftest_broker import make_settings, verdict_of
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -64,7 +64,7 @@ def verdict_records() -> dict[str, LabelledRecord]:
 
 
 @pytest.fixture()
-def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:  # noqa: F811
+def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:
     with Broker.open(make_settings(tmp_path, redis_url=valkey_server.url, replay_capacity=64)) as opened:
         yield opened
 

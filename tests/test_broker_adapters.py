@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from conftest_broker import broker_settings, redis_client, valkey_server  # noqa: F401
 from safetensors.numpy import save_file
 
 from dso.broker import AdapterIntegrityError, AdapterRegistry, AdapterStore, AdapterStoreError, KeySpace

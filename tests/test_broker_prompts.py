@@ -6,7 +6,6 @@ import hashlib
 
 import pytest
 import redis
-from conftest_broker import broker_settings, redis_client, valkey_server  # noqa: F401
 
 from dso.broker import KeySpace, PromptStore, UnknownPromptError
 from dso.config import BrokerSettings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import redis
-from conftest_broker import broker_settings, make_labelled, redis_client, valkey_server  # noqa: F401
+from conftest_broker import make_labelled
 
 from dso.broker import IngestResult, KeySpace, ReplayBuffer
 from dso.config import BrokerSettings

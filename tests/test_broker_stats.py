@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest_broker import broker_settings, make_settings, redis_client, valkey_server, verdict_of  # noqa: F401
+from conftest_broker import make_settings, verdict_of
 
 from dso.broker import AdapterRegistry, EmbeddedValkey, KeySpace, StatsStore, WorkQueue
 from dso.sim.verdict import SimStatus, Verdict
@@ -40,7 +40,7 @@ def test_counters_and_rates_per_version(redis_client: redis.Redis, broker_settin
 
 
 def test_window_holds_only_the_last_n_events(
-    redis_client: redis.Redis, tmp_path: Path, valkey_server: EmbeddedValkey  # noqa: F811
+    redis_client: redis.Redis, tmp_path: Path, valkey_server: EmbeddedValkey
 ) -> None:
     settings = make_settings(tmp_path, redis_url=valkey_server.url, stats_window_samples=3)
     stats, _, _ = make_stats(redis_client, settings)
@@ -52,7 +52,7 @@ def test_window_holds_only_the_last_n_events(
 
 
 def test_window_drops_events_older_than_its_span(
-    redis_client: redis.Redis, tmp_path: Path, valkey_server: EmbeddedValkey  # noqa: F811
+    redis_client: redis.Redis, tmp_path: Path, valkey_server: EmbeddedValkey
 ) -> None:
     settings = make_settings(tmp_path, redis_url=valkey_server.url, stats_window_seconds=0.3)
     stats, _, _ = make_stats(redis_client, settings)
@@ -99,7 +99,7 @@ def test_rates_divide_by_the_time_the_window_covers(
 
 
 def test_rates_when_the_event_cap_drops_older_events(
-    redis_client: redis.Redis, tmp_path: Path, valkey_server: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    redis_client: redis.Redis, tmp_path: Path, valkey_server: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(tmp_path, redis_url=valkey_server.url, stats_window_samples=10)
     stats, _, _ = make_stats(redis_client, settings)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import redis
-from conftest_broker import broker_settings, make_labelled, make_sample, redis_client, valkey_server  # noqa: F401
+from conftest_broker import make_labelled, make_sample, verdict_of
 
 from dso.broker import AdmissionControl, IngestResult, KeySpace, LabelledRecord, ReplayBuffer, SampleRecord, WorkQueue
 from dso.config import BrokerSettings
@@ -148,9 +148,7 @@ def test_generator_to_simulator_to_learner_pipeline(
     for delivery in samples.read("sim", count=10):
         sample = SampleRecord.from_bytes(delivery.payload)
         fill = float(sample.occupancy.mean())
-        record = LabelledRecord.from_verdict(
-            sample, {"stable": fill > 0.5, "tilt_deg": 0.0, "rotation_deg": 0.0, "status": "ok"}
-        )
+        record = LabelledRecord.from_verdict(sample, verdict_of("stable" if fill > 0.5 else "unstable"))
         labelled.put(record.sample_id, record.to_bytes())
         samples.ack([delivery.entry_id])
     results = [replay.ingest(d, labelled) for d in labelled.read("learner", count=10)]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_broker import make_settings, valkey_server  # noqa: F401  (session fixture)
+from conftest_broker import make_settings
 from dso.actors import GeneratorWorker, Learner, seed_default_prompts
 from dso.actors.canary import CanaryWorker
 from dso.broker.broker import Broker
@@ -42,7 +42,7 @@ def canary_settings(tmp_path: Path, redis_url: str, **canary) -> Settings:
 
 
 @pytest.fixture()
-def env(tmp_path, valkey_server):  # noqa: F811
+def env(tmp_path, valkey_server):
     settings = canary_settings(tmp_path, valkey_server.url)
     broker = Broker.open(settings.broker)
     yield settings, broker
@@ -212,7 +212,7 @@ def test_rollback_to_the_base_model(env, tmp_path):
     assert learner.parent_version == 0
 
 
-def test_without_a_canary_every_publish_is_promoted(tmp_path, valkey_server):  # noqa: F811
+def test_without_a_canary_every_publish_is_promoted(tmp_path, valkey_server):
     settings = canary_settings(tmp_path, valkey_server.url, enabled=False)
     broker = Broker.open(settings.broker)
     try:

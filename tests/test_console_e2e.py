@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest_broker import make_settings, valkey_server  # noqa: F401  (session fixture)
+from conftest_broker import make_settings
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
@@ -98,7 +98,7 @@ def png_bytes(seed: int) -> bytes:
 
 
 @pytest.fixture()
-def loop(tmp_path: Path, valkey_server):  # noqa: F811
+def loop(tmp_path: Path, valkey_server):
     model = export_random_tiny_model(tmp_path / "model")
     broker_values = make_settings(
         tmp_path, redis_url=valkey_server.url, max_backlog=16, replay_capacity=256, read_block_ms=0

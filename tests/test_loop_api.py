@@ -10,7 +10,7 @@ import ray
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest_broker import make_settings, valkey_server  # noqa: F401  (session fixture)
+from conftest_broker import make_settings
 from dso.api.server import PortInUseError
 from dso.broker.broker import Broker
 from dso.broker.server import read_server_info
@@ -39,7 +39,7 @@ def test_a_session_without_a_token_gets_a_random_one(monkeypatch):
     assert session_token(settings, environ={}).generated is None
 
 
-def test_loop_api_needs_the_session_token_and_reports_components(tmp_path, valkey_server):  # noqa: F811
+def test_loop_api_needs_the_session_token_and_reports_components(tmp_path, valkey_server):
     settings = Settings(broker=make_settings(tmp_path, redis_url=valkey_server.url))
     settings.api.port = 0
     alive = {"generator": False}

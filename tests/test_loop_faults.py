@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest_broker import make_settings, valkey_server  # noqa: F401  (session fixture)
+from conftest_broker import make_settings
 from dso.actors import GeneratorWorker, Learner, SimulatorWorker, seed_default_prompts
 from dso.actors.running import run_until_stopped
 from dso.broker.broker import Broker
@@ -52,7 +52,7 @@ def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.05):
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def test_simulator_sigkilled_mid_item_is_reclaimed_and_labelled_once(tmp_path, model_folder, valkey_server):  # noqa: F811
+def test_simulator_sigkilled_mid_item_is_reclaimed_and_labelled_once(tmp_path, model_folder, valkey_server):
     settings, broker = open_loop(tmp_path, model_folder, valkey_server.url, claim_idle_ms=300)
     settings.loop.prompts_per_batch, settings.loop.samples_per_prompt = 1, 1
     sample_id = GeneratorWorker(broker, settings).step().sample_ids[0]
@@ -88,7 +88,7 @@ def test_simulator_sigkilled_mid_item_is_reclaimed_and_labelled_once(tmp_path, m
     broker.close()
 
 
-def test_poison_input_is_dead_lettered_while_the_loop_goes_on(tmp_path, model_folder, valkey_server):  # noqa: F811
+def test_poison_input_is_dead_lettered_while_the_loop_goes_on(tmp_path, model_folder, valkey_server):
     settings, broker = open_loop(tmp_path, model_folder, valkey_server.url, claim_idle_ms=100, max_deliveries=3)
     ids = GeneratorWorker(broker, settings).step().sample_ids
     poison = ids[1]
@@ -121,7 +121,7 @@ def test_poison_input_is_dead_lettered_while_the_loop_goes_on(tmp_path, model_fo
     broker.close()
 
 
-def test_failure_verdicts_of_the_oracle_are_counted_invalid_not_dead_lettered(tmp_path, model_folder, valkey_server):  # noqa: F811
+def test_failure_verdicts_of_the_oracle_are_counted_invalid_not_dead_lettered(tmp_path, model_folder, valkey_server):
     """An empty grid: the real oracle answers invalid_input (no tilt); the loop labels it, counts it, never trains on it."""
     settings, broker = open_loop(tmp_path, model_folder, valkey_server.url, claim_idle_ms=100, max_deliveries=2)
     prompt_id = broker.prompts.active()[0]

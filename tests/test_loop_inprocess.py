@@ -8,7 +8,7 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from conftest_broker import make_settings, valkey_server, verdict_of  # noqa: F401  (session fixture)
+from conftest_broker import make_settings, verdict_of
 from dso.actors import AdoptionLog, GeneratorWorker, Learner, SimulatorWorker, seed_default_prompts
 from dso.actors.prompt_images import png_bytes
 from dso.api.app import create_app
@@ -28,7 +28,7 @@ def model_folder(tmp_path_factory):
 
 
 @pytest.fixture()
-def loop_env(tmp_path, model_folder, valkey_server):  # noqa: F811
+def loop_env(tmp_path, model_folder, valkey_server):
     broker_values = make_settings(tmp_path, redis_url=valkey_server.url, max_backlog=32, replay_capacity=64).model_dump()
     settings = loop_test_settings(model_folder, broker_values, canary={"enabled": False})  # every publish promoted
     broker = Broker.open(settings.broker)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest_broker import make_settings, valkey_server, verdict_of  # noqa: F401
+from conftest_broker import make_settings, verdict_of
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -43,7 +43,7 @@ def promtool_check(exposition: bytes) -> None:
 
 
 @pytest.fixture()
-def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:  # noqa: F811
+def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:
     with Broker.open(make_settings(tmp_path, redis_url=valkey_server.url)) as opened:
         yield opened
 

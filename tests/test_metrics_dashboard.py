@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings
 from prometheus_client import CollectorRegistry
 
 from dso.broker import Broker
@@ -34,7 +34,7 @@ def dashboard_exprs() -> list[str]:
 
 
 @pytest.fixture()
-def exported_names(tmp_path: Path, valkey_server) -> Iterator[set[str]]:  # noqa: F811
+def exported_names(tmp_path: Path, valkey_server) -> Iterator[set[str]]:
     """Every metric family name a DSO process exports."""
     registry = CollectorRegistry(auto_describe=False)
     LoopMetrics(registry)

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings
 
 from dso import telemetry
 from dso.broker import Broker
@@ -47,7 +47,7 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
-def test_worker_serves_metrics_on_the_env_port_and_withdraws_on_sigterm(tmp_path: Path, valkey_server) -> None:  # noqa: F811
+def test_worker_serves_metrics_on_the_env_port_and_withdraws_on_sigterm(tmp_path: Path, valkey_server) -> None:
     settings = make_settings(tmp_path, redis_url=valkey_server.url, read_block_ms=100)
     config = tmp_path / "worker.yaml"
     config.write_text(yaml.safe_dump({"broker": {"key_prefix": settings.key_prefix}, "sim": {"max_time": 2.0}}))

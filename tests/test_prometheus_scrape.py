@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest_broker import make_settings, valkey_server  # noqa: F401
+from conftest_broker import make_settings
 from prometheus_client import CollectorRegistry
 
 from dso.api.app import create_app
@@ -108,7 +108,7 @@ def query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture()
-def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:  # noqa: F811
+def broker(tmp_path: Path, valkey_server) -> Iterator[Broker]:
     with Broker.open(make_settings(tmp_path, redis_url=valkey_server.url)) as opened:
         yield opened
 
@@ -124,7 +124,7 @@ def api_url(broker: Broker) -> Iterator[str]:
 
 
 @pytest.fixture()
-def worker(broker: Broker, valkey_server, tmp_path: Path) -> Iterator[subprocess.Popen]:  # noqa: F811
+def worker(broker: Broker, valkey_server, tmp_path: Path) -> Iterator[subprocess.Popen]:
     env = {k: v for k, v in os.environ.items() if k != "DSO_METRICS_PORT"} | {"OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-c", WORKER, valkey_server.url, broker.settings.key_prefix, str(tmp_path), str(OBJECTS)],

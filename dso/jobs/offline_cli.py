@@ -121,7 +121,7 @@ def evaluate(
     """Held-out evaluation: % output, % stable, tilt, rotation, Chamfer, F-score@0.05 — JSON and a table."""
     from rich.console import Console
 
-    from dso.evaluate.experiment import generator_with_adapter
+    from dso.jobs.experiment import generator_with_adapter
     from dso.evaluate.report import by_family, rich_table, summarize, write_json
     from dso.evaluate.stability import evaluate_generator
     from dso.shapes.prompts import heldout_prompts
@@ -150,8 +150,8 @@ def experiment(
     import os
     import platform
 
-    from dso.evaluate.experiment import Experiment
-    from dso.evaluate.results_doc import write_all
+    from dso.jobs.experiment import Experiment
+    from dso.jobs.results_doc import write_all
 
     settings = _settings(config)
     if steps is not None:

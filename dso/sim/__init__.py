@@ -4,8 +4,8 @@
     verdict = make_oracle(SimSettings()).simulate(occupancy_or_mesh_or_path)  # the oracle named in config
     verdict = simulate(occupancy_or_mesh_or_path, SimSettings())  # the standing oracle itself
 
-Names are imported lazily, so that ``import dso.sim.cli`` (and ``dso --help``)
-does not load MuJoCo.
+Names are imported lazily, so that importing one light module (the verdict types,
+the ``dso simulate`` command in ``dso.jobs.sim_cli``, ``dso --help``) does not load MuJoCo.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dso.config import Settings
-from dso.evaluate.experiment import BASE, ExperimentResult
+from dso.jobs.experiment import ExperimentResult
 from dso.evaluate.report import EvalSummary, markdown_table
 from dso.evaluate.stability import HeldoutSamples
 from dso.shapes.prompts import Prompt
