@@ -26,12 +26,15 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # Install into the image's own Python (/usr/local), not a venv: KubeRay starts Ray through
-# `bash -l`, whose /etc/profile resets PATH, and /usr/local/bin stays on it.
+# `bash -l`, whose /etc/profile resets PATH, and /usr/local/bin stays on it. The presets
+# (dso/configs/*.yaml) and the embedded model (dso/assets/) are package data: the check below
+# loads the default preset from the installed package, as tests/test_wheel_install.py does.
 WORKDIR /opt/dso-src
 COPY pyproject.toml requirements.lock README.md ./
 COPY dso ./dso
 RUN pip install -c requirements.lock --extra-index-url "${TORCH_INDEX_URL}" . \
     && python -c "import dso, torch, ray, mujoco; print('dso', dso.__name__, 'torch', torch.__version__, 'ray', ray.__version__)" \
+    && cd / && python -c "from dso.config import load_settings; load_settings('tiny'); load_settings('configs/cluster.yaml')" \
     && rm -rf /opt/dso-src
 
 # Non-root user; uid/gid 1000 match the Helm chart's podSecurityContext.

@@ -1,7 +1,8 @@
 """Typed settings for every stage of the loop.
 
 One source of truth for defaults: each section below is a pydantic model whose
-field defaults are *the* defaults. YAML files under ``configs/`` override them,
+field defaults are *the* defaults. YAML presets shipped in the package (``dso/configs/``:
+tiny, run, cluster, trellis) and the user's own YAML files override them,
 and environment variables ``DSO__SECTION__FIELD=value`` override the YAML.
 Pure libraries receive their own section object, never the whole tree.
 """
@@ -15,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the presets, package data (pyproject.toml)
+CONFIG_PREFIX = "configs"  # `--config configs/run.yaml` names the packaged preset from any directory
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 
@@ -585,21 +587,25 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """Accept a file path, or the bare name of a config shipped under ``configs/``."""
+    """A file path; else a preset shipped in the package: ``run``, ``run.yaml`` or ``configs/run.yaml``."""
     p = Path(path)
     if p.is_file():
         return p
-    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"config file not found: {path} (also looked in {CONFIG_DIR})")
+    names = [p]
+    if not p.is_absolute() and len(p.parts) > 1 and p.parts[0] == CONFIG_PREFIX:
+        names.append(Path(*p.parts[1:]))  # the repository's old configs/ paths, in docs and scripts
+    for name in names:
+        for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(f"config file not found: {path} (also looked among the presets in {CONFIG_DIR})")
 
 
 BASE_KEY = "base"  # a config may name another one it extends: `base: tiny.yaml`
 
 
 def _read_config(cfg_path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """One YAML file, merged over the config its ``base:`` key names (relative to it, or under configs/)."""
+    """One YAML file, merged over the config its ``base:`` key names (relative to it, or a packaged preset)."""
     if cfg_path.resolve() in seen:
         raise ValueError(f"config {cfg_path} extends itself through {BASE_KEY}:")
     loaded = yaml.safe_load(cfg_path.read_text()) or {}

@@ -60,3 +60,16 @@ def test_config_cannot_extend_itself(tmp_path: Path):
     loop.write_text("base: loop.yaml\n")
     with pytest.raises(ValueError, match="extends itself"):
         load_settings(loop, environ={})
+
+
+def test_presets_ship_in_the_package_and_configs_paths_name_them(tmp_path, monkeypatch) -> None:
+    from dso.config import resolve_config_path
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    for name in ("run", "run.yaml", "configs/run.yaml"):
+        assert resolve_config_path(name) == CONFIG_DIR / "run.yaml"
+    assert CONFIG_DIR.parent.name == "dso", "the presets are package data"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "run.yaml").write_text("base: tiny.yaml\nloop: {publish_every: 3}\n")
+    assert resolve_config_path("configs/run.yaml") == Path("configs/run.yaml"), "a user's own file wins"
+    assert load_settings("configs/run.yaml", environ={}).loop.publish_every == 3

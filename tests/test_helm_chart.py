@@ -313,7 +313,7 @@ def test_rendered_config_is_a_valid_dso_config_matching_the_tiny_default(rendere
     assert str(settings.broker.adapter_store_dir) == "/data/adapters"
     assert str(settings.broker.run_dir) == "/data/run"
     assert settings.api.host == "0.0.0.0"  # metrics servers in pods bind api.host: scrapable from other pods
-    tiny = load_settings(ROOT / "configs" / "tiny.yaml", environ={})
+    tiny = load_settings("tiny", environ={})  # the packaged preset
     for section in ("model", "sampler", "lora", "shapes"):  # one source of truth for the embedded model
         got, want = getattr(settings, section).model_dump(), getattr(tiny, section).model_dump()
         if section == "model":
