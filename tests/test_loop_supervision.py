@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ray.exceptions import ActorUnavailableError, RayActorError
+
 import dso.jobs.runner as runner_module
 from dso.broker.server import EmbeddedValkey
 from dso.config import Settings
@@ -28,26 +30,49 @@ DSO = str(Path(sys.executable).with_name("dso"))
 
 
 class FakeHandle:
-    """An actor handle whose ``run.remote()`` only counts the re-issues."""
+    """An actor handle whose ``run.remote()`` counts the re-issues and whose ``ready.remote()`` pings answer
+    from ``answers`` (an exception is raised by ``ray.get``; none left: the actor is back)."""
 
     def __init__(self) -> None:
         self.issued = 0
+        self.pings = 0
+        self.answers: list[object] = []
         self.run = types.SimpleNamespace(remote=self._remote)
+        self.ready = types.SimpleNamespace(remote=self._ping)
 
     def _remote(self) -> str:
         self.issued += 1
         return f"ref-{self.issued}"
 
+    def _ping(self) -> tuple[str, object]:
+        self.pings += 1
+        return ("ping", self.answers.pop(0) if self.answers else "simulator-0")
+
+
+def _get(ref: tuple[str, object]) -> object:
+    answer = ref[1]
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
 
 @pytest.fixture()
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A fake monotonic clock, and a fake ``ray`` whose pings are answered at once."""
     now = [1000.0]
 
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
     monkeypatch.setattr(runner_module, "time", types.SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+    monkeypatch.setattr(runner_module, "ray", types.SimpleNamespace(wait=lambda refs, **_: (refs, []), get=_get))
     return now
+
+
+def come_back(runner: LoopRunner) -> None:
+    """Two supervision ticks: the ping goes out, then its answer re-issues the loop."""
+    runner._restart_due()
+    runner._restart_due()
 
 
 def supervised_runner(tmp_path: Path, **loop: float) -> tuple[LoopRunner, _Supervised]:
@@ -73,10 +98,11 @@ def test_each_crash_is_restarted_after_a_doubling_capped_backoff(tmp_path: Path,
     for _ in range(5):
         crash(runner, actor)
         waits.append(actor.restart_at - clock[0])
+        pings = actor.handle.pings
         runner._restart_due()
-        assert actor.ref is None, "not re-issued before its backoff"
+        assert actor.ref is None and actor.handle.pings == pings, "not pinged before its backoff"
         clock[0] = actor.restart_at
-        runner._restart_due()
+        come_back(runner)
         assert actor.ref is not None and actor.restart_at is None
     assert waits == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert actor.handle.issued == 5 and actor.restarts == 5 and not actor.failed
@@ -88,7 +114,7 @@ def test_the_budget_is_per_window_so_occasional_kills_always_heal(tmp_path: Path
     for _ in range(30):  # a kill every 6 s: never more than 2 in any 10 s
         crash(runner, actor)
         clock[0] += 6.0
-        runner._restart_due()
+        come_back(runner)
     assert not actor.failed and actor.restarts == 30
     assert runner.health()["restarts"] == {"simulator": 30} and runner.health()["failures"] == {}
 
@@ -99,13 +125,39 @@ def test_a_crash_loop_past_the_budget_is_reported_failed(tmp_path: Path, clock: 
         crash(runner, actor)
         if actor.restart_at is not None:
             clock[0] = actor.restart_at
-        runner._restart_due()
+        come_back(runner)
     assert actor.failed and actor.restarts == 3
     health = runner.health()
     assert "crashed 4 times within 60 s" in health["failures"]["simulator-0"]
     clock[0] += 100.0
-    runner._restart_due()
+    come_back(runner)
     assert actor.handle.issued == 3, "a failed actor is not re-issued"
+
+
+def test_an_actor_ray_is_still_restarting_is_pinged_again_not_counted_as_crashing(tmp_path: Path, clock: list[float]) -> None:
+    """One SIGKILL is one restart: while Ray brings the process back its pings fail 'unavailable' (a loop issued
+    then would fail too); the old runner counted each of those as a crash, four per kill, near the budget."""
+    runner, actor = supervised_runner(tmp_path, restart_budget=2, restart_window_s=60.0, restart_backoff_s=0.5)
+    actor.handle.answers = [ActorUnavailableError("restarting", None) for _ in range(6)]
+    crash(runner, actor)
+    clock[0] = actor.restart_at
+    for _ in range(6):
+        come_back(runner)
+        assert actor.ref is None, "no loop while the actor is unavailable"
+        clock[0] += runner_module.READY_POLL_S
+    come_back(runner)
+    assert actor.ref is not None and actor.handle.issued == 1 and actor.handle.pings == 7
+    assert actor.restarts == 1 and len(actor.crashes) == 1 and not actor.failed
+
+
+def test_an_actor_dead_for_good_counts_as_a_crash_each_time(tmp_path: Path, clock: list[float]) -> None:
+    runner, actor = supervised_runner(tmp_path, restart_budget=2, restart_window_s=60.0)
+    actor.handle.answers = [RayActorError() for _ in range(3)]
+    crash(runner, actor)
+    while not actor.failed:
+        clock[0] = actor.restart_at
+        come_back(runner)
+    assert actor.handle.issued == 0 and "crashed 3 times" in actor.failure
 
 
 def draining_runner(tmp_path: Path, backlog, **loop: float) -> LoopRunner:

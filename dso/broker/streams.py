@@ -8,6 +8,11 @@ An entry delivered more than ``max_deliveries`` times is poison: it moves to the
 dead-letter stream with the reason and the original is acked. Consumers must be
 idempotent (the replay buffer dedups by sample id), since a slow consumer and the
 one that reclaimed its work may both finish.
+
+A restarted worker keeps its consumer name, so what it held when it died is
+pending under its own name: its first reclaim takes those entries back at once,
+whatever their idle time (else they would wait ``claim_idle_ms``, and a drain at
+shutdown would give up on them).
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class WorkQueue:
         self.group = group
         self.settings = settings
         self._group_ready = False
+        self._resumed: set[str] = set()  # consumers whose own pending entries this process took back already
+        self._resume_from: dict[str, str] = {}  # consumer -> the id after the last of them taken back so far
 
     # --- setup -----------------------------------------------------------
 
@@ -132,9 +139,14 @@ class WorkQueue:
     def reclaim(self, consumer: str, count: int = 10, min_idle_ms: int | None = None) -> list[Delivery]:
         """Take over entries idle longer than ``claim_idle_ms`` whose consumer presumably died.
 
-        Entries past ``max_deliveries`` are dead-lettered instead of returned.
+        A consumer's first calls in this process return its own pending entries first (see the
+        module docstring). Entries past ``max_deliveries`` are dead-lettered instead of returned.
         """
         self.ensure_group()
+        if consumer not in self._resumed:
+            own = self._claim_own(consumer, count)
+            if own:
+                return self._deliveries(own)
         idle = self.settings.claim_idle_ms if min_idle_ms is None else min_idle_ms
         claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
         cursor: bytes | str = "0-0"
@@ -148,6 +160,23 @@ class WorkQueue:
             claimed.extend((eid, fields) for eid, fields in entries if fields)
             if _s(cursor) == "0-0":
                 break
+        return self._deliveries(claimed)
+
+    def _claim_own(self, consumer: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to ``count`` entries pending under ``consumer`` (a previous life of it), claimed again (counted as a delivery)."""
+        start = self._resume_from.get(consumer, "-")
+        rows = self.client.xpending_range(self.stream_key, self.group, min=start, max="+", count=count, consumername=consumer)
+        if len(rows) < count:
+            self._resumed.add(consumer)
+        if not rows:
+            return []
+        ids = [row["message_id"] for row in rows]
+        self._resume_from[consumer] = "(" + _s(ids[-1])  # claimed to itself they stay in its list: read on after them
+        entries = self.client.xclaim(self.stream_key, self.group, consumer, 0, ids)
+        return [(eid, fields) for eid, fields in entries if fields]
+
+    def _deliveries(self, claimed: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Delivery]:
+        """Claimed entries as deliveries; those past ``max_deliveries`` go to the dead letters instead."""
         if not claimed:
             return []
         counts = self._delivery_counts([_s(eid) for eid, _ in claimed])

@@ -7,7 +7,10 @@ restarted simulator's unacked item is reclaimed by the others. Restarts are
 budgeted per time window, not per run (``loop.restart_budget`` crashes per
 ``loop.restart_window_s``), so an actor killed now and then always comes back,
 while one that crashes in a tight loop is reported failed; each re-issue waits
-an exponential backoff (``loop.restart_backoff_s`` .. ``restart_backoff_max_s``).
+an exponential backoff (``loop.restart_backoff_s`` .. ``restart_backoff_max_s``),
+then until the actor answers a ping: while Ray brings a killed actor's process back
+it is "unavailable", and a loop issued then would fail at once and count as
+another crash (one SIGKILL used to spend four restarts of the budget).
 
 Shutdown order: generators first (no new samples), then simulators and the
 learner, which checkpoints on the way out. Entries still pending stay in the
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 from rich.console import Console
 
 from dso.actors.prompt_images import seed_default_prompts
@@ -35,6 +38,7 @@ from dso.jobs.summary import LoopSummary, collect_summary, progress_line
 
 log = logging.getLogger(__name__)
 DRAIN_POLL_S = 0.1  # how often the drain reads the backlog (a Redis round trip)
+READY_POLL_S = 0.5  # how often an actor that Ray is restarting is pinged until it answers
 
 
 @dataclass
@@ -49,6 +53,7 @@ class _Supervised:
     failure: str | None = None  # why it was given up on (one line)
     crashes: list[float] = field(default_factory=list)  # monotonic times of crashes inside the restart window
     restart_at: float | None = None  # when its run() is re-issued (after the backoff)
+    ping: Any = None  # ready() sent before re-issuing run(): the actor may still be coming back
 
 
 @dataclass
@@ -166,12 +171,32 @@ class LoopRunner:
         )
 
     def _restart_due(self) -> None:
-        """Re-issue the loops whose backoff has passed."""
+        """Ping the actors whose backoff has passed; re-issue the loop of each that answered."""
         now = time.monotonic()
         for actor in self.actors:
-            if actor.restart_at is not None and actor.restart_at <= now and not actor.failed:
+            if actor.failed:
+                continue
+            if actor.ping is not None:
+                self._answer(actor, now)
+            elif actor.restart_at is not None and actor.restart_at <= now:
                 actor.restart_at = None
-                actor.ref = actor.handle.run.remote()
+                actor.ping = actor.handle.ready.remote()
+
+    def _answer(self, actor: _Supervised, now: float) -> None:
+        """Act on the ping's answer, if any: loop again; ping again while Ray restarts it; a crash when it died."""
+        done, _ = ray.wait([actor.ping], num_returns=1, timeout=0)
+        if not done:
+            return
+        ping, actor.ping = actor.ping, None
+        try:
+            ray.get(ping)
+        except ActorUnavailableError:  # its process is being restarted: not another crash
+            actor.restart_at = now + READY_POLL_S
+            return
+        except RayError as exc:  # dead for good (its constructor failed) or unreachable: counted
+            self._schedule_restart(actor, exc)
+            return
+        actor.ref = actor.handle.run.remote()
 
     def health(self) -> dict[str, Any]:
         """Restarts per role and the actors given up on (name -> why), for the summary and the exit status."""
