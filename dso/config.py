@@ -454,10 +454,10 @@ class CanarySettings(Section):
     """
 
     enabled: bool = True
-    prompts: int = Field(16, ge=1)  # held-out prompts in the probe set
+    prompts: int = Field(24, ge=1)  # held-out prompts in the probe set (x seeds: 96 samples, a Chamfer ratio to ~3 %)
     seeds: int = Field(4, ge=2)  # fixed seeds per probe prompt (>= 2: diversity is measured across seeds)
     seed: int = Field(9_000_000, ge=0)  # probe sample j of prompt p uses seed + p * seeds + j
-    min_interval_s: float = Field(30.0, ge=0)  # at most one candidate scored per interval (CPU budget); newer ones supersede older
+    min_interval_s: float = Field(40.0, ge=0)  # at most one candidate scored per interval (CPU budget); newer ones supersede older
     surface_points: int = Field(1024, ge=64)  # points per mesh for the Chamfer distances
     icp_iterations: int = Field(20, ge=1)  # alignment to ground truth (paired drift and diversity need none)
     fscore_tau: float = Field(0.05, gt=0)  # F-score@tau to ground truth, as the held-out evaluation
@@ -480,7 +480,8 @@ class GateSettings(Section):
     max_footprint_ratio: float = Field(1.3, gt=0)  # candidate / base footprint of the lowest layers ("wide plate")
     min_diversity_ratio: float = Field(0.5, ge=0)  # candidate / base diversity (collapse guard)
     stability_z: float = Field(1.64, ge=0)  # refuse when % stable is below the promoted one's by z standard errors
-    rollback: bool = True  # the learner goes back to the promoted adapter when a candidate is refused
+    rollback: bool = True  # the learner goes back to the promoted adapter when candidates of its line are refused ...
+    rollback_after: int = Field(2, ge=1)  # ... this many in a row (one refusal near a bound may be the probe's noise)
 
 
 class ApiSettings(Section):

@@ -183,8 +183,13 @@ def test_learner_rolls_back_to_the_promoted_weights(env, tmp_path):
     set_lora(model, seed=3)  # training went on past the refused publish
     assert learner.maybe_rollback() is False, "no decision yet"
 
+    assert settings.gate.rollback_after == 2
     broker.promotion.record(CanaryRecord(version=bad, decision=Decision.refused, reasons=["test: out of bounds"]))
-    assert learner.maybe_rollback() is True and learner.rollbacks == 1
+    assert learner.maybe_rollback() is False and learner.refusal_streak == 1, "one refusal may be the probe's noise"
+    worse = learner.publish({"loss": 0.25}).version
+    set_lora(model, seed=4)
+    broker.promotion.record(CanaryRecord(version=worse, decision=Decision.refused, reasons=["test: out of bounds"]))
+    assert learner.maybe_rollback() is True and learner.rollbacks == 1, "two in a row: back to the promoted weights"
     for key, value in lora_values(model).items():
         torch.testing.assert_close(value, good_weights[key], msg=key)
     assert learner.maybe_rollback() is False, "one refusal, one rollback"
@@ -199,9 +204,19 @@ def test_learner_rolls_back_to_the_promoted_weights(env, tmp_path):
     restarted = Learner(broker, settings, run_dir)
     assert restarted.rollbacks == 1 and restarted.maybe_rollback() is False
 
+    # a promotion ends a streak: refused, promoted, refused is no rollback
+    one = learner.publish({"loss": 0.4}).version
+    broker.promotion.record(CanaryRecord(version=one, decision=Decision.refused, reasons=["test"]))
+    two = learner.publish({"loss": 0.4}).version
+    broker.promotion.record(CanaryRecord(version=two, decision=Decision.promoted, reasons=["test"]))
+    three = learner.publish({"loss": 0.4}).version
+    broker.promotion.record(CanaryRecord(version=three, decision=Decision.refused, reasons=["test"]))
+    assert learner.maybe_rollback() is False and learner.rollbacks == 1
+
 
 def test_rollback_to_the_base_model(env, tmp_path):
     settings, broker = env
+    settings.gate.rollback_after = 1
     learner = Learner(broker, settings, tmp_path / "run")
     set_lora(learner.tuner.model, seed=7)
     bad = learner.publish({"loss": 0.1}).version

@@ -113,6 +113,7 @@ class Learner:
         self.parent_version = int(state.get("parent_version", self.version)) if int(saved) == self.version else self.version
         self.refusals_handled = int(state.get("refusals_handled", 0))  # refused versions up to this one are dealt with
         self.rollbacks = int(state.get("rollbacks", 0))
+        self.refusal_streak = int(state.get("refusal_streak", 0))  # refusals of this line since its last promotion
         self._decisions_id = "0-0"  # position in the promotion decision stream (re-read from the start on restart)
         self.prompt_stats = PromptStats.for_broker(broker)
         # newest labels per prompt (group-relative objectives): rebuilt from the stream after a restart
@@ -136,7 +137,7 @@ class Learner:
     def _write_state(self) -> None:
         state = {
             "step": self.tuner.step, "version": self.version, "parent_version": self.parent_version,
-            "refusals_handled": self.refusals_handled, "rollbacks": self.rollbacks,
+            "refusals_handled": self.refusals_handled, "rollbacks": self.rollbacks, "refusal_streak": self.refusal_streak,
         }
         write_json_atomic(self.checkpoint_dir / STATE_FILE, state)
 
@@ -170,16 +171,32 @@ class Learner:
         learner's line (not an ancestor of what it trains) is noted and ignored.
         """
         self._decisions_id, decisions = self.broker.promotion.decisions_after(self._decisions_id)
-        refused = {
-            d["version"] for d in decisions if d["decision"] == Decision.refused.value and d["version"] > self.refusals_handled
-        }
+        refused: set[int] = set()
+        streak = self.refusal_streak
+        for d in decisions:  # in decision order: a promotion ends a streak of refusals
+            if d["version"] <= self.refusals_handled:
+                continue
+            if d["decision"] == Decision.promoted.value:
+                streak = 0
+            elif d["decision"] == Decision.refused.value:
+                refused.add(d["version"])
+                streak += 1
         if not refused:
+            self.refusal_streak = streak
             return False
         self.refusals_handled = max(refused)
         promoted = self.broker.promotion.promoted()
         if not self.settings.gate.rollback or not self._descends_from(refused, promoted):
             self._write_state()
             return False
+        self.refusal_streak = streak
+        if self.refusal_streak < self.settings.gate.rollback_after:
+            # one refusal near a bound can be the probe's noise: keep training, go back only on a streak
+            log.info("%s: v%s refused (%d in a row of %d before a rollback)", self.name,
+                     ",".join(map(str, sorted(refused))), self.refusal_streak, self.settings.gate.rollback_after)
+            self._write_state()
+            return False
+        self.refusal_streak = 0
         self.tuner.restore(self.broker.adapters.path(promoted) if promoted else None)
         self.parent_version = promoted
         self.refusals_handled = max(self.refusals_handled, self.version)  # everything published so far is behind us
