@@ -147,6 +147,7 @@ class GeneratorWorker:
         seconds = time.perf_counter() - started
         self.sampled_prompts.update(chosen)
         ids = []
+        batch = self.broker.connection.client.pipeline(transaction=True)  # samples and their count: all or nothing
         for shape in shapes:
             record = SampleRecord(
                 prompt_id=chosen[shape.image_index],
@@ -157,9 +158,10 @@ class GeneratorWorker:
                 occupancy=shape.occupancy,
                 generation_seconds=seconds / len(shapes),
             )
-            self.broker.samples.put(record.sample_id, record.to_bytes())
+            self.broker.samples.put(record.sample_id, record.to_bytes(), pipe=batch)
             ids.append(record.sample_id)
-        self.broker.stats.record_generated(self.version, len(shapes), seconds)
+        self.broker.stats.record_generated(self.version, len(shapes), seconds, pipe=batch)
+        batch.execute()
         telemetry.observe_generated(len(shapes), seconds)
         self.generated += len(shapes)
         return GeneratedBatch(len(shapes), self.version, seconds, tuple(ids))

@@ -86,19 +86,26 @@ class StatsStore:
 
     # --- writing ------------------------------------------------------------------
 
-    def record_generated(self, adapter_version: int, count: int = 1, seconds: float = 0.0) -> None:
-        """``count`` samples made by ``adapter_version`` (``seconds``: their total generation time)."""
+    def record_generated(
+        self, adapter_version: int, count: int = 1, seconds: float = 0.0, pipe: redis.client.Pipeline | None = None
+    ) -> None:
+        """``count`` samples made by ``adapter_version`` (``seconds``: their total generation time).
+
+        With ``pipe`` the writes are only queued there, for the caller's transaction (the samples themselves).
+        """
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         now = time.time()
-        pipe = self.client.pipeline(transaction=True)
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=True) if own else pipe
         for key in (self.keys.stats("totals"), self._version_key(adapter_version)):
             pipe.hincrby(key, "generated", count)
             pipe.hincrbyfloat(key, "generation_seconds", seconds)
         pipe.sadd(self.keys.stats("versions"), adapter_version)
         pipe.lpush(self.keys.stats("generated_events"), f"{now:.3f},{adapter_version},{count}")
         pipe.ltrim(self.keys.stats("generated_events"), 0, self.window_samples - 1)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def record_labelled(self, verdict: Verdict, adapter_version: int) -> str:
         """One verdict on a sample of ``adapter_version``; returns its counted class (``Outcome.counted_as``)."""

@@ -97,18 +97,22 @@ class WorkQueue:
 
     # --- producer ----------------------------------------------------------
 
-    def put(self, item_id: str, payload: bytes) -> str:
-        """Append one item; returns the stream entry id. The stream is capped (MAXLEN ~)."""
+    def put(self, item_id: str, payload: bytes, pipe: redis.client.Pipeline | None = None) -> str | None:
+        """Append one item; returns the stream entry id. The stream is capped (MAXLEN ~).
+
+        With ``pipe`` the append is only queued there (None returned): the caller executes it in
+        one transaction with other writes, e.g. a batch and its count, so a crash leaves neither half.
+        """
         if not item_id:
             raise ValueError("item_id must be a non-empty string")
         self.ensure_group()
-        entry_id = self.client.xadd(
+        entry_id = (pipe if pipe is not None else self.client).xadd(
             self.stream_key,
             {ID_FIELD: item_id, DATA_FIELD: payload},
             maxlen=self.settings.stream_maxlen,
             approximate=True,
         )
-        return _s(entry_id)
+        return None if pipe is not None else _s(entry_id)
 
     # --- consumer ------------------------------------------------------------
 
