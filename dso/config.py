@@ -137,8 +137,11 @@ class SimSettings(Section):
     """
 
     # which physical property labels a sample (dso.sim.contract.ORACLES: name -> Oracle); "standing": released
-    # upright on flat ground, it ends within tilt_threshold_deg of vertical
-    oracle: Literal["standing"] = "standing"
+    # upright on flat ground, it ends within tilt_threshold_deg of vertical; "robust_standing" (dso.sim.robust): it
+    # stands flat AND on ground tilted robust_tilt_deg toward robust_directions evenly spaced azimuths
+    oracle: Literal["standing", "robust_standing"] = "standing"
+    robust_tilt_deg: float = Field(5.0, gt=0, lt=45)  # robust_standing: slope of the tilted ground, degrees
+    robust_directions: int = Field(4, ge=1, le=64)  # robust_standing: downhill azimuths, evenly spaced from +x
     # collision geometry: grids -> "boxes" (exact merged voxels); meshes -> "decompose" (CoACD);
     # "hull" = one convex hull for collision AND mass (the paper's single-hull behaviour)
     mode: Literal["boxes", "decompose", "hull"] = "boxes"

@@ -17,6 +17,8 @@ _EXPORTS = {
     "ORACLES": "dso.sim.contract",
     "Oracle": "dso.sim.contract",
     "StandingOracle": "dso.sim.contract",
+    "RobustStandingOracle": "dso.sim.robust",
+    "simulate_robust": "dso.sim.robust",
     "make_oracle": "dso.sim.contract",
     "OraclePool": "dso.sim.batch",
     "label_batch": "dso.sim.batch",

@@ -57,7 +57,16 @@ class StandingOracle:
         return label_batch(items, self.settings, workers=workers)
 
 
-ORACLES: dict[str, Callable[[SimSettings], Oracle]] = {StandingOracle.name: StandingOracle}
+def _robust_standing(settings: SimSettings) -> Oracle:
+    from dso.sim.robust import RobustStandingOracle  # MuJoCo loads on first use, not on import
+
+    return RobustStandingOracle(settings)
+
+
+ORACLES: dict[str, Callable[[SimSettings], Oracle]] = {
+    StandingOracle.name: StandingOracle,
+    "robust_standing": _robust_standing,  # dso.sim.robust: stands flat and on slopes of robust_tilt_deg
+}
 
 
 def make_oracle(settings: SimSettings | None = None) -> Oracle:

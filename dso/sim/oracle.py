@@ -121,13 +121,17 @@ def simulate(item: SimInput, settings: SimSettings | None = None) -> Verdict:
         data = mujoco.MjData(model)
         run = _step_until_settled(model, data, settings, deadline)
         return _verdict_from_run(run, data, geometry, settings, started)
-    except InvalidInputError as exc:
-        return Verdict.failure(SimStatus.invalid_input, str(exc), time.perf_counter() - started)
-    except SimulationError as exc:
-        return Verdict.failure(SimStatus.sim_error, str(exc), time.perf_counter() - started)
-    except MemoryError as exc:
-        return Verdict.failure(SimStatus.sim_error, f"out of memory: {exc}", time.perf_counter() - started)
     except Exception as exc:  # a bug or an unexpected library error must not take a batch down
-        return Verdict.failure(
-            SimStatus.sim_error, f"unexpected {type(exc).__name__}: {exc}", time.perf_counter() - started
-        )
+        return failure_verdict(exc, started)
+
+
+def failure_verdict(exc: BaseException, started: float) -> Verdict:
+    """The failure verdict for an exception raised while judging an input (started: its perf_counter start)."""
+    elapsed = time.perf_counter() - started
+    if isinstance(exc, InvalidInputError):
+        return Verdict.failure(SimStatus.invalid_input, str(exc), elapsed)
+    if isinstance(exc, SimulationError):
+        return Verdict.failure(SimStatus.sim_error, str(exc), elapsed)
+    if isinstance(exc, MemoryError):
+        return Verdict.failure(SimStatus.sim_error, f"out of memory: {exc}", elapsed)
+    return Verdict.failure(SimStatus.sim_error, f"unexpected {type(exc).__name__}: {exc}", elapsed)

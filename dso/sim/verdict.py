@@ -63,6 +63,8 @@ class Verdict(BaseModel):
     ``stable`` is the reward DSO learns from: the body's up axis ends within
     ``tilt_threshold_deg`` of vertical (yaw ignored). ``rotation_deg`` is the
     total rotation angle (yaw included), the angle the paper's code reports.
+    The robust-standing oracle (``dso.sim.robust``) runs flat and on slopes; its
+    physics fields are those of the worst run, tilt measured from the ground's normal.
     """
 
     model_config = ConfigDict(extra="forbid")
