@@ -36,8 +36,8 @@ from dso.evaluate.geometry import align_icp, compare_points, normalize_unit_cube
 from dso.evaluate.stability import base_footprint
 from dso.models.mesh import occupancy_to_mesh
 from dso.shapes.prompts import heldout_prompts
-from dso.sim.oracle import simulate
-from dso.sim.verdict import SimStatus
+from dso.sim.contract import make_oracle
+from dso.sim.verdict import Outcome
 
 
 @dataclass(frozen=True)
@@ -170,11 +170,8 @@ def _nanmean(values: Sequence[float]) -> float:
 
 def _stability(samples: ProbeSamples, sim: SimSettings) -> list[bool]:
     """Oracle verdicts in-process (the probe is small; a process pool would cost more to start than to run)."""
-    out = []
-    for occupancy in samples.occupancy:
-        verdict = simulate(occupancy, sim)
-        out.append(verdict.status == SimStatus.ok and bool(verdict.stable))
-    return out
+    oracle = make_oracle(sim)  # the oracle sim.oracle names, the one that labels the loop's samples
+    return [oracle.simulate(occupancy).outcome == Outcome.stable for occupancy in samples.occupancy]
 
 
 NO_TRUTH = (math.nan, math.nan, math.nan)
