@@ -273,6 +273,9 @@ class ObjectiveSettings(Section):
     # Any objective: lambda of mean ||v_theta - v_ref||^2 on every row (0: off). Holds the online loop near
     # the reference: a round of training on the policy's own samples settles, it does not compound.
     tether: float = Field(0.0, ge=0.0)
+    # Online learner, any balanced objective: this share of each batch's stable half is replaced by the true
+    # objects of prompts that have one (dso/learner/anchors.py), against self-consuming drift (0: off)
+    anchor_share: float = Field(0.0, ge=0.0, le=1.0)
     # dro_group: a prompt's stable rate is that of its newest this-many labelled samples seen by the learner
     group_window: int = Field(16, ge=1)
     # Any objective: publish an exponential moving average of the adapter with this decay per step (None: off).

@@ -223,3 +223,21 @@ def test_prompt_uploaded_over_the_api_is_sampled_by_the_next_batch(loop_env):
         assert info["stability"]["labelled"] == settings.loop.samples_per_prompt
         metrics_text = httpx.get(f"{server.url}/metrics", timeout=30).text
         assert 'dso_samples_labelled_total{result="stable"}' in metrics_text
+
+
+def test_ground_truth_anchors_join_the_stable_half(loop_env, tmp_path):
+    settings, broker = loop_env
+    settings.objective.anchor_share = 0.5
+    generator, simulator = GeneratorWorker(broker, settings), SimulatorWorker(broker, settings)
+    generator.step()
+    drain(simulator)
+    learner = Learner(broker, settings, tmp_path / "run")
+    assert learner.anchors is not None, "the test model's folder ships a VAE encoder"
+    learner.ingest()
+    batch, _ = learner.train_batch(np.random.default_rng(3))
+    truths = {pid: learner.anchors.latent(pid) for pid in broker.prompts.active()}
+    anchored = [i for i in range(batch.x0.shape[0]) if any(torch.equal(batch.x0[i], z) for z in truths.values())]
+    n_stable = int(batch.stable.sum())
+    assert len(anchored) == round(0.5 * n_stable) and all(batch.stable[i] for i in anchored)
+    assert learner.step().trained
+

@@ -42,9 +42,11 @@ from dso.broker.promotion import CanaryRecord, Decision
 from dso.broker.records import LabelledRecord
 from dso.broker.replay import IngestResult
 from dso.config import Settings
+from dso.learner.anchors import GroundTruthAnchors
 from dso.learner.trainer import ADAPTER_DIR, CHECKPOINT_FILE, FineTuner, TrainBatch, training_guidance
-from dso.models.factory import resolve_device
+from dso.models.factory import load_vae_encoder, resolve_device
 from dso.models.generator import Generator
+from dso.shapes.prompts import training_prompt
 
 log = logging.getLogger(__name__)
 STATE_FILE = "learner_state.json"
@@ -96,7 +98,7 @@ class Learner:
         self.encoder = generator  # frozen conditioner: prompt image -> condition tokens
         self.device = resolve_device(self.loop.learner_device)
         self.tuner = FineTuner(
-            generator.modules.flow, settings.lora, settings.objective, settings.train, self.device, training_guidance(settings)
+            generator.trainable_module, settings.lora, settings.objective, settings.train, self.device, training_guidance(settings)
         )
         self.images = PromptImages(broker.prompts, settings)
         self._cond: dict[str, torch.Tensor] = {}
@@ -116,6 +118,7 @@ class Learner:
         self.refusal_streak = int(state.get("refusal_streak", 0))  # refusals of this line since its last promotion
         self._decisions_id = "0-0"  # position in the promotion decision stream (re-read from the start on restart)
         self.prompt_stats = PromptStats.for_broker(broker)
+        self.anchors = self._ground_truth_anchors() if settings.objective.anchor_share > 0 else None
         # newest labels per prompt (group-relative objectives): rebuilt from the stream after a restart
         self._recent: dict[str, deque[bool]] = defaultdict(lambda: deque(maxlen=settings.objective.group_window))
         telemetry.set_adapter_version("learner", self.version)
@@ -239,6 +242,29 @@ class Learner:
                     self._recent[record.sample.prompt_id].append(outcome == "stable")
         return len(deliveries)
 
+    def _ground_truth_anchors(self) -> GroundTruthAnchors | None:
+        encoder = load_vae_encoder(learner_settings(self.settings).model)
+        if encoder is None:
+            log.warning("%s: objective.anchor_share is set but the model ships no VAE encoder; no anchors", self.name)
+            return None
+        shapes = self.settings.shapes
+
+        def occupancy_of(prompt_id: str):
+            seed = self.broker.prompts.get(prompt_id).metadata.get("object_seed")
+            return None if seed is None else training_prompt(int(seed), view_seed=int(seed), settings=shapes).object.occupancy
+
+        return GroundTruthAnchors(encoder, occupancy_of)
+
+    def _anchor(self, x0: torch.Tensor, cond: torch.Tensor, labels: list[bool], rng: np.random.Generator) -> int:
+        """Replace ``anchor_share`` of the batch's stable rows by true objects (in place); returns how many."""
+        stable_rows = [i for i, y in enumerate(labels) if y]
+        k = int(round(self.settings.objective.anchor_share * len(stable_rows)))
+        drawn = self.anchors.draw(self.broker.prompts.active(), k, rng)
+        for row, (prompt_id, latent) in zip(stable_rows, drawn):
+            x0[row] = latent
+            cond[row] = self.condition(prompt_id)
+        return len(drawn)
+
     def group_rate(self, prompt_id: str, label: bool) -> float:
         """The prompt's stable rate over its newest labels (the group mean); the row's own label when none."""
         recent = self._recent.get(prompt_id)
@@ -312,6 +338,10 @@ class Learner:
         rate = None
         if self.tuner.needs.group_rate:
             rate = torch.tensor([self.group_rate(r.sample.prompt_id, y) for r, y in zip(records, labels)], dtype=torch.float32)
+        if self.anchors is not None and not self.tuner.paired:
+            anchored = self._anchor(x0, cond, labels, rng)
+            if rate is not None:
+                rate[[i for i, y in enumerate(labels) if y][:anchored]] = 0.0  # a true object always pulls
         return TrainBatch(x0, cond, torch.tensor(labels, dtype=torch.bool), rate), staleness
 
     # --- one step --------------------------------------------------------------------

@@ -135,6 +135,23 @@ def load_stage_one(settings: ModelSettings) -> StageOneModules:
     return StageOneModules(stage.flow, stage.decoder, None, image_encoder, stage.sampler)
 
 
+def model_folder(settings: ModelSettings) -> Path:
+    """The folder the weights of ``settings`` load from (the shipped tiny model for ``embedded``)."""
+    if settings.source == "embedded":
+        return Path(settings.weights_path) if settings.weights_path else TINY_DIR
+    if settings.trellis_path is None:
+        raise ModelFolderNotFoundError(f"model.source {settings.source!r} has no folder to load an encoder from")
+    return Path(settings.trellis_path)
+
+
+def load_vae_encoder(settings: ModelSettings) -> SparseStructureEncoder | None:
+    """The sparse-structure VAE encoder (occupancy -> latent) when the model folder ships one, else None."""
+    if settings.source == "random":
+        return None
+    stage = load_trellis_stage1(model_folder(settings), dtype=settings.dtype, device=resolve_device(settings.device))
+    return None if stage.encoder is None else stage.encoder.eval()
+
+
 def training_record(settings: ModelSettings) -> dict | None:
     folder = Path(settings.weights_path) if settings.weights_path else TINY_DIR
     path = folder / TRAINING_RECORD
