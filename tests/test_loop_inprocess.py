@@ -241,3 +241,18 @@ def test_ground_truth_anchors_join_the_stable_half(loop_env, tmp_path):
     assert len(anchored) == round(0.5 * n_stable) and all(batch.stable[i] for i in anchored)
     assert learner.step().trained
 
+
+
+def test_learner_counts_staleness_from_the_promoted_version(loop_env, tmp_path):
+    """The canary lags the newest publish: samples of the promoted version must stay fresh for the learner."""
+    settings, broker = loop_env
+    settings.canary.enabled = True  # publishes wait for the canary: nothing is promoted here
+    generator, simulator = GeneratorWorker(broker, settings), SimulatorWorker(broker, settings)
+    generator.step()
+    drain(simulator)
+    learner = Learner(broker, settings, tmp_path / "run")
+    learner.ingest()
+    for _ in range(broker.settings.max_staleness_versions + 2):
+        learner.publish({"loss": 0.0})
+    assert broker.promotion.promoted() == 0 and learner.version > broker.settings.max_staleness_versions
+    assert learner.ready() and learner.train_batch(np.random.default_rng(0)) is not None

@@ -279,6 +279,12 @@ class Learner:
             self._cond[prompt_id] = cond
         return cond
 
+    def fleet_version(self) -> int:
+        """The version generators sample from: the promoted one, which lags the newest publish while the canary
+        scores. Staleness counts from it; counted from the newest publish, a gate that refuses a few candidates
+        would leave the learner no fresh-enough sample at all."""
+        return self.broker.promotion.promoted()
+
     def within_replay_ratio(self) -> bool:
         """Whether another step keeps learner steps <= ``loop.max_steps_per_sample`` x samples ingested.
 
@@ -296,7 +302,7 @@ class Learner:
         Unpaired DRO learns from either class alone (pull stable samples in, push
         unstable ones out, each half averaged on its own), so it starts without pairs.
         """
-        min_version = self.version - self.broker.settings.max_staleness_versions
+        min_version = self.fleet_version() - self.broker.settings.max_staleness_versions
         counts = self.broker.replay.counts(min_version=min_version)
         if self.tuner.paired and not (counts["stable"] and counts["unstable"]):
             return False
@@ -305,12 +311,12 @@ class Learner:
     def _records(self, rng: np.random.Generator) -> tuple[list[LabelledRecord], list[bool]] | None:
         n = self.loop.learner_batch
         if not self.tuner.paired:
-            batch = self.broker.replay.sample(n, self.version, rng=rng)
+            batch = self.broker.replay.sample(n, self.fleet_version(), rng=rng)
             if not batch.balanced:  # one class only: a full batch of it (its half of a 2n draw)
-                batch = self.broker.replay.sample(2 * n, self.version, rng=rng)
+                batch = self.broker.replay.sample(2 * n, self.fleet_version(), rng=rng)
             return (list(batch), batch.labels) if len(batch) else None
         # paired objectives: row i of the stable half and of the unstable half share a prompt
-        pool = self.broker.replay.sample(4 * n, self.version, rng=rng)
+        pool = self.broker.replay.sample(4 * n, self.fleet_version(), rng=rng)
         unstable_by_prompt: dict[str, list[LabelledRecord]] = defaultdict(list)
         for record in pool.unstable:
             unstable_by_prompt[record.sample.prompt_id].append(record)
@@ -334,7 +340,8 @@ class Learner:
         records, labels = drawn
         x0 = torch.stack([torch.from_numpy(r.sample.latent.astype(np.float32)) for r in records])
         cond = torch.stack([self.condition(r.sample.prompt_id) for r in records])
-        staleness = [max(0, self.version - r.adapter_version) for r in records]
+        fleet = self.fleet_version()
+        staleness = [max(0, fleet - r.adapter_version) for r in records]
         rate = None
         if self.tuner.needs.group_rate:
             rate = torch.tensor([self.group_rate(r.sample.prompt_id, y) for r, y in zip(records, labels)], dtype=torch.float32)
