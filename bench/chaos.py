@@ -16,8 +16,8 @@ terminal's Ctrl-C would send. Then the run's Valkey is opened again to account f
     duplicated  replay-buffer records beyond one per sample id: must be 0
 
 Time to recover is read from the broker every ``POLL_S``: from the kill to the role's next progress, i.e. a
-simulator's next labelled output, a generator's next batch, the learner's next step, and after a Valkey
-kill the loop's next labelled sample.
+simulator's next labelled output, a generator's next batch, the learner's next step or ingest (it counts the
+labels), and after a Valkey kill the loop's next labelled sample.
 """
 
 from __future__ import annotations
@@ -428,8 +428,8 @@ Raw figures: [chaos.json](chaos.json).
 | exit code / summary.json / tracebacks | {result['exit_code']} / {'present' if result['summary_present'] else 'MISSING'} / {result['tracebacks']} |
 
 Time to recover: from the kill to the role's next progress read from the broker every {POLL_S:g} s (a simulator's
-next labelled output, a generator's next batch, the learner's next step; after a Valkey kill, the loop's next
-labelled sample). Lost: samples ever enqueued whose id is neither labelled, queued nor dead-lettered.
+next labelled output, a generator's next batch, the learner's next step or ingest; after a Valkey kill, the
+loop's next labelled sample). Lost: samples ever enqueued whose id is neither labelled, queued nor dead-lettered.
 """
 
 
