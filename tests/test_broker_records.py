@@ -85,10 +85,20 @@ def test_kind_mismatch_and_corrupt_bytes_are_rejected() -> None:
         SampleRecord.from_bytes(sample_bytes[:12])
 
 
+def test_the_latent_shape_comes_from_the_data() -> None:
+    """Records follow the generator's declared latent_shape: a token-sequence latent [L, C] round-trips like a grid."""
+    for shape in [(8, 4, 4, 4), (16, 8), (3, 2, 5)]:
+        latent = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) / 10
+        record = SampleRecord(prompt_id="p", view=0, adapter_version=0, seed=0, latent=latent, occupancy=np.zeros((4, 4, 4), bool))
+        back = SampleRecord.from_bytes(record.to_bytes())
+        assert back.latent.shape == shape and back.latent.dtype == np.float16
+        np.testing.assert_array_equal(back.latent, latent.astype(np.float16))
+
+
 def test_bad_arrays_raise_clear_errors() -> None:
-    with pytest.raises(ValueError, match=r"\[C, R, R, R\]"):
+    with pytest.raises(ValueError, match="latent_shape"):
         SampleRecord(
-            prompt_id="p", view=0, adapter_version=0, seed=0, latent=np.zeros((4, 4, 4)), occupancy=np.zeros((4, 4, 4), bool)
+            prompt_id="p", view=0, adapter_version=0, seed=0, latent=np.float32(1.0), occupancy=np.zeros((4, 4, 4), bool)
         )
     with pytest.raises(ValueError, match="boolean"):
         SampleRecord(

@@ -24,6 +24,7 @@ from dso.broker.promotion import CanaryRecord
 from dso.config import Settings
 from dso.evaluate.canary import ProbeSamples, ProbeSet, generate_probe, heldout_probe, score_probe
 from dso.evaluate.gate import Decision, decide
+from dso.models.contract import ShapeGenerator
 from dso.models.generator import Generator
 from dso.models.lora import AdapterFormatError, attach_lora, live_lora_parameters, load_adapter_weights
 
@@ -40,14 +41,14 @@ class CanaryWorker:
     """The canary: its own generator (base + LoRA), the probe, the base's samples and the decisions so far."""
 
     def __init__(
-        self, broker: Broker, settings: Settings, generator: Generator | None = None, probe: ProbeSet | None = None
+        self, broker: Broker, settings: Settings, generator: ShapeGenerator | None = None, probe: ProbeSet | None = None
     ) -> None:
         self.broker = broker
         self.settings = settings
         self.canary = settings.canary
         self.generator = generator or Generator.from_settings(canary_settings(settings))
         # B = 0 at first: the wrapped model is the base; a candidate is an in-place copy of its LoRA weights
-        self.policy = attach_lora(self.generator.modules.flow, settings.lora).eval()
+        self.policy = attach_lora(self.generator.trainable_module, settings.lora).eval()
         self.generator.flow = self.policy
         self.live = live_lora_parameters(self.policy)
         self.base_weights = {key: param.detach().clone() for key, param in self.live.items()}

@@ -30,6 +30,7 @@ from dso.broker.broker import Broker
 from dso.broker.keys import KeySpace
 from dso.broker.records import SampleRecord
 from dso.config import Settings
+from dso.models.contract import ShapeGenerator, generate_shapes
 from dso.models.generator import Generator
 from dso.models.lora import AdapterSwapError, AdapterSwapper, attach_lora, flow_model_probe
 
@@ -56,7 +57,7 @@ def generator_settings(settings: Settings) -> Settings:
 class GeneratorWorker:
     """One generator: the policy (base + LoRA) and the loop around it."""
 
-    def __init__(self, broker: Broker, settings: Settings, name: str = "generator-0", generator: Generator | None = None):
+    def __init__(self, broker: Broker, settings: Settings, name: str = "generator-0", generator: ShapeGenerator | None = None):
         self.broker = broker
         self.settings = settings
         self.loop = settings.loop
@@ -64,7 +65,7 @@ class GeneratorWorker:
         self.generator = generator or Generator.from_settings(generator_settings(settings))
         # the live policy is base + LoRA from the start (B = 0: version 0 is the base model), so
         # every later version is an in-place copy of adapter weights, never a model rebuild
-        self.policy = attach_lora(self.generator.modules.flow, settings.lora).eval()
+        self.policy = attach_lora(self.generator.trainable_module, settings.lora).eval()
         self.generator.flow = self.policy
         self.swapper = AdapterSwapper(self.policy, flow_model_probe(self.policy, settings.lora), settings.lora)
         self.version = 0
@@ -143,7 +144,7 @@ class GeneratorWorker:
         images = [self.images.get(pid) for pid in chosen]
         first_seed = int(self.rng.integers(0, SEED_SPACE))
         started = time.perf_counter()
-        shapes = self.generator.generate(images, samples_per_image=self.loop.samples_per_prompt, seed=first_seed)
+        shapes = generate_shapes(self.generator, images, samples_per_image=self.loop.samples_per_prompt, seed=first_seed)
         seconds = time.perf_counter() - started
         self.sampled_prompts.update(chosen)
         ids = []

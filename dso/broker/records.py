@@ -1,7 +1,9 @@
 """Records that travel through the broker, with a compact binary encoding.
 
-A sample is a stage-1 latent (float16, [C, R, R, R]) plus its decoded occupancy
-(bool, [R, R, R], bit-packed): about 96 KB at TRELLIS size. Encoding is a tiny
+A sample is the generator's latent (float16, of the generator's declared
+``latent_shape``: [C, R, R, R] for TRELLIS stage 1; the header carries the shape,
+so any layout fits) plus its decoded occupancy (bool, [R, R, R], bit-packed):
+about 96 KB at TRELLIS size. Encoding is a tiny
 JSON header plus raw numpy bytes, never pickle, so any process (or language)
 can read it and a malicious payload cannot execute code.
 
@@ -47,8 +49,8 @@ def _verdict_from_header(data: Mapping[str, Any]) -> Verdict:
 
 def _as_float16_latent(latent: np.ndarray) -> np.ndarray:
     arr = np.asarray(latent)
-    if arr.ndim != 4:
-        raise ValueError(f"latent must have shape [C, R, R, R], got shape {arr.shape}")
+    if arr.ndim == 0:
+        raise ValueError(f"latent must be an array of the generator's latent_shape, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"latent must be a floating array, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.float16)
@@ -73,7 +75,7 @@ class SampleRecord:
     view: int
     adapter_version: int
     seed: int
-    latent: np.ndarray  # float16 [C, R, R, R]
+    latent: np.ndarray  # float16, the generator's latent_shape ([C, R, R, R] for TRELLIS stage 1)
     occupancy: np.ndarray  # bool (R, R, R)
     generation_seconds: float = 0.0
     sample_id: str = field(default_factory=new_sample_id)

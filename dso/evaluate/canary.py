@@ -34,6 +34,7 @@ from scipy.spatial import cKDTree
 from dso.config import CanarySettings, Settings, SimSettings
 from dso.evaluate.geometry import align_icp, compare_points, normalize_unit_cube, surface_points
 from dso.evaluate.stability import base_footprint
+from dso.models.contract import ShapeSampler
 from dso.models.mesh import occupancy_to_mesh
 from dso.shapes.prompts import heldout_prompts
 from dso.sim.contract import make_oracle
@@ -144,7 +145,7 @@ def _sample_geometry(occupancy: np.ndarray, row: int, settings: CanarySettings) 
     return SampleGeometry(surface_points(mesh, settings.surface_points, seed=row), base_footprint(occupancy, settings.base_layers))
 
 
-def generate_probe(generator: Any, probe: ProbeSet, settings: CanarySettings) -> ProbeSamples:
+def generate_probe(generator: ShapeSampler, probe: ProbeSet, settings: CanarySettings) -> ProbeSamples:
     """The probe samples of ``generator``'s current weights (fixed seeds: the same noise for every model)."""
     chunks = []
     step = settings.batch_prompts

@@ -20,6 +20,7 @@ from PIL import Image
 
 from dso.config import EvalSettings, SimSettings
 from dso.evaluate.geometry import compare_meshes
+from dso.models.contract import ShapeSampler
 from dso.models.mesh import occupancy_to_mesh
 from dso.shapes.prompts import Prompt
 from dso.sim.batch import label_batch, resolve_workers
@@ -61,7 +62,7 @@ def sample_seeds(prompt_index: int, settings: EvalSettings) -> list[int]:
     return [settings.seed + prompt_index * k + j for j in range(k)]
 
 
-def generate_heldout(generator, prompts: Sequence[Prompt], settings: EvalSettings, on_batch: Callable[[int], None] | None = None) -> HeldoutSamples:
+def generate_heldout(generator: ShapeSampler, prompts: Sequence[Prompt], settings: EvalSettings, on_batch: Callable[[int], None] | None = None) -> HeldoutSamples:
     """K samples per prompt with fixed seeds, so every model is judged on the same noise."""
     occ, rows, seeds = [], [], []
     k = settings.samples_per_prompt
@@ -133,6 +134,6 @@ def score_samples(prompts: Sequence[Prompt], samples: HeldoutSamples, sim: SimSe
     return out
 
 
-def evaluate_generator(generator, prompts: Sequence[Prompt], sim: SimSettings, settings: EvalSettings) -> list[SampleEval]:
+def evaluate_generator(generator: ShapeSampler, prompts: Sequence[Prompt], sim: SimSettings, settings: EvalSettings) -> list[SampleEval]:
     """Generate on ``prompts`` and score every sample (the whole held-out evaluation for one model)."""
     return score_samples(prompts, generate_heldout(generator, prompts, settings), sim, settings)

@@ -20,13 +20,13 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
 from dso.config import DatasetSettings, ShapesSettings, SimSettings
+from dso.models.contract import ShapeSampler
 from dso.shapes.prompts import Prompt, training_prompt
 from dso.sim.batch import label_batch
 from dso.sim.verdict import Outcome, SimStatus, Verdict
@@ -40,12 +40,7 @@ class DatasetMismatchError(ValueError):
     """The folder already holds a dataset built with a different spec."""
 
 
-class SampleSource(Protocol):
-    """What the builder needs from a generator (dso.models.generator.Generator fits)."""
-
-    def encode(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
-    def sample_latents(self, cond: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor: ...
-    def decode(self, latents: torch.Tensor) -> np.ndarray: ...
+SampleSource = ShapeSampler  # what the builder needs from a generator: the contract's encode / sample / decode
 
 
 @dataclass(frozen=True)

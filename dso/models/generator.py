@@ -8,41 +8,26 @@ flow, decode, threshold the logits at 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-import trimesh
 from PIL import Image
 
 from dso.config import Settings
 from dso.models.conditioning import ImageConditioner, TinyConditioner, build_conditioner
+from dso.models.contract import GeneratedShape, generate_shapes
 from dso.models.factory import StageOneModules, load_stage_one, resolve_device
-from dso.models.mesh import occupancy_to_mesh
 from dso.models.sampler import FlowEulerSampler
 
 
-@dataclass
-class GeneratedShape:
-    """One sample: everything the oracle, the replay buffer and the learner need."""
-
-    latent: torch.Tensor  # x0, [C, R, R, R], on the CPU
-    occupancy: np.ndarray  # bool (N, N, N), z-up
-    seed: int
-    image_index: int
-    _mesh: trimesh.Trimesh | None = field(default=None, repr=False)
-
-    @property
-    def mesh(self) -> trimesh.Trimesh:
-        if self._mesh is None:
-            self._mesh = occupancy_to_mesh(self.occupancy)
-        return self._mesh
-
-
 class Generator:
-    """Image-conditioned stage-1 generator; ``flow`` may be a PEFT-wrapped model."""
+    """Image-conditioned stage-1 generator; ``flow`` may be a PEFT-wrapped model.
+
+    Satisfies the generator contract (``dso.models.contract.ShapeGenerator``): the roles,
+    the learner and evaluation use only its members, never ``modules``.
+    """
 
     def __init__(self, modules: StageOneModules, conditioner: ImageConditioner, sampler: FlowEulerSampler, device: torch.device):
         self.modules = modules
@@ -75,7 +60,13 @@ class Generator:
         self.flow = PeftModel.from_pretrained(self.modules.flow, str(directory)).eval()
 
     @property
+    def trainable_module(self) -> torch.nn.Module:
+        """The base flow model (never adapter-wrapped): LoRA attaches to it, the learner fine-tunes it."""
+        return self.modules.flow
+
+    @property
     def latent_shape(self) -> tuple[int, int, int, int]:
+        """One x0: (C, R, R, R), the stage-1 sparse-structure latent."""
         r = self.modules.flow.resolution
         return (self.modules.flow.in_channels, r, r, r)
 
@@ -98,16 +89,8 @@ class Generator:
         logits = self.decoder(latents)
         return (logits[:, 0] > 0).cpu().numpy()
 
-    @torch.no_grad()
     def generate(
         self, images: Sequence[Image.Image], samples_per_image: int = 1, seed: int = 0, progress: bool = False
     ) -> list[GeneratedShape]:
         """``samples_per_image`` shapes for each image; sample j of image i uses seed ``seed + i * K + j``."""
-        cond = self.encode(images)
-        k = samples_per_image
-        cond = cond.repeat_interleave(k, dim=0)
-        seeds = [seed + i for i in range(len(images) * k)]
-        latents = self.sample_latents(cond, seeds, progress=progress)
-        occupancy = self.decode(latents)
-        latents = latents.float().cpu()
-        return [GeneratedShape(latents[n], occupancy[n], seeds[n], n // k) for n in range(len(seeds))]
+        return generate_shapes(self, images, samples_per_image, seed, progress)
