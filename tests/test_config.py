@@ -49,10 +49,17 @@ def test_config_extends_its_base(tmp_path: Path):
     assert s.sim.timestep == 0.004 and s.lora.r == 8 and s.lora.alpha == 4
 
 
-def test_run_config_is_tiny_with_its_own_learner():
-    run, tiny = load_settings("run", environ={}), load_settings("tiny", environ={})
-    assert run.model == tiny.model and run.shapes == tiny.shapes
-    assert run.objective.name == "dpo" and run.loop.max_steps_per_sample == 0.25
+def test_dro_is_the_default_everywhere():
+    """make run (run.yaml), the cluster job (cluster.yaml) and the chart's values all train DRO behind the canary."""
+    import yaml
+
+    run, tiny, cluster = (load_settings(n, environ={}) for n in ("run", "tiny", "cluster"))
+    assert run.model == tiny.model == cluster.model and run.shapes == tiny.shapes
+    for s in (run, tiny, cluster):
+        assert s.objective.name == "dro" and s.canary.enabled and s.loop.max_steps_per_sample == 0.25
+    assert run.loop.duration_s <= 300, "make run shows the product working within five minutes"
+    chart = yaml.safe_load((Path(__file__).resolve().parent.parent / "helm/dso/values.yaml").read_text())["config"]
+    assert chart.get("objective", {}).get("name", "dro") == "dro" and chart.get("canary", {}).get("enabled", True)
 
 
 def test_config_cannot_extend_itself(tmp_path: Path):
