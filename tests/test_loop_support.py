@@ -24,6 +24,7 @@ LOOP_OVERRIDES: dict[str, Any] = {
     "min_replay": 4,
     "ingest_batch": 16,
     "idle_sleep_s": 0.02,
+    "max_steps_per_sample": None,  # the loop's mechanics under test, not its replay ratio (tested on its own)
 }
 
 
