@@ -16,9 +16,9 @@ The broker stores latents of any shape (the record header carries it), so a gene
 with another latent layout fits without a change outside ``dso/models``; the oracle
 reads the occupancy grids.
 
-To add a generator: write a class with these members (``from_settings`` builds it for
-the roles), and build it where ``Generator.from_settings`` is called today, or make
-``Generator.from_settings`` dispatch on ``settings.model``.
+To add a generator: write a class with these members and a ``from_settings(settings)``
+constructor; the roles take one as their ``generator=`` argument and otherwise build
+``Generator.from_settings`` (docs/architecture.md, "Adding a generator").
 """
 
 from __future__ import annotations
@@ -70,7 +70,13 @@ class ShapeGenerator(ShapeSampler, Protocol):
 
     @property
     def trainable_module(self) -> torch.nn.Module:
-        """The base velocity model (never adapter-wrapped): LoRA attaches to it, the learner fine-tunes it."""
+        """The base velocity model (never adapter-wrapped): LoRA attaches to it, the learner fine-tunes it.
+
+        It is called as ``module(x_t, t * 1000, cond) -> v`` (rectified flow: x_t = (1 - t) x0 + t eps,
+        v = eps - x0, ``x_t`` of ``[B, *latent_shape]``), which is all the learner's objectives assume;
+        the generator worker's hot-swap probe also reads its ``resolution``, ``in_channels`` and
+        ``cond_channels`` (``dso.models.lora.flow_model_probe``).
+        """
         ...
 
     def use_adapter(self, directory: str | Path) -> None:
