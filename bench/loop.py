@@ -174,11 +174,18 @@ def plot(reports: list[dict], path: Path) -> None:
         c = r["curve"]
         t = [p["t"] / 60 for p in c]
         base = c[0]["promoted_eval"]
-        line = ax1.plot(t, [100 * p["promoted_eval"]["stability"] for p in c], marker="o", label=f"{r['label']} (promoted)")[0]
         cand = [p for p in c if "candidate_eval" in p]
-        ax1.plot([p["t"] / 60 for p in cand], [100 * p["candidate_eval"]["stability"] for p in cand], linestyle=":", color=line.get_color(), label=f"{r['label']} (newest)")
-        ax2.plot(t, [p["promoted_eval"]["chamfer"] / base["chamfer"] for p in c], marker="o", color=line.get_color())
-        ax2.plot([p["t"] / 60 for p in cand], [p["candidate_eval"]["chamfer"] / base["chamfer"] for p in cand], linestyle=":", color=line.get_color())
+        if r.get("canary", True):  # promoted solid, newest publish dotted
+            line = ax1.plot(t, [100 * p["promoted_eval"]["stability"] for p in c], marker="o", label=f"{r['label']} (promoted)")[0]
+            ax2.plot(t, [p["promoted_eval"]["chamfer"] / base["chamfer"] for p in c], marker="o", color=line.get_color())
+            style, name = ":", f"{r['label']} (newest)"
+        else:  # no canary: every publish is served, one curve
+            line, style, name = None, "-", f"{r['label']} (no canary)"
+        color = None if line is None else line.get_color()
+        line2 = ax1.plot([p["t"] / 60 for p in cand], [100 * p["candidate_eval"]["stability"] for p in cand],
+                         linestyle=style, marker=None if line else "s", color=color, label=name)[0]
+        ax2.plot([p["t"] / 60 for p in cand], [p["candidate_eval"]["chamfer"] / base["chamfer"] for p in cand],
+                 linestyle=style, marker=None if line else "s", color=line2.get_color())
     ax1.axhline(97, color="grey", linestyle="--", linewidth=0.8)
     ax1.set_xlabel("wall time (min)")
     ax1.set_ylabel("held-out stable (%)")
@@ -265,8 +272,16 @@ def main() -> None:
     p = sub.add_parser("report", help="write docs/benchmarks.md's section and the plot from runs")
     p.add_argument("--labels", nargs="+", required=True)
     p.add_argument("--out", type=Path, default=DOCS)
+    c = sub.add_parser("plot", help="plot runs' curves into one picture (e.g. the objectives tried, for docs/results.md)")
+    c.add_argument("--labels", nargs="+", required=True)
+    c.add_argument("--path", type=Path, required=True)
     args = parser.parse_args()
-    run(args) if args.command == "run" else report(args)
+    if args.command == "run":
+        run(args)
+    elif args.command == "report":
+        report(args)
+    else:
+        plot([json.loads((RESULTS / f"{label}.json").read_text()) for label in args.labels], args.path)
 
 
 if __name__ == "__main__":
