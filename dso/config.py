@@ -275,7 +275,7 @@ class ObjectiveSettings(Section):
     tether: float = Field(0.0, ge=0.0)
     # Online learner, any balanced objective: this share of each batch's stable half is replaced by the true
     # objects of prompts that have one (dso/learner/anchors.py), against self-consuming drift (0: off)
-    anchor_share: float = Field(0.25, ge=0.0, le=1.0)
+    anchor_share: float = Field(0.5, ge=0.0, le=1.0)
     # dro_group: a prompt's stable rate is that of its newest this-many labelled samples seen by the learner
     group_window: int = Field(16, ge=1)
     # Any objective: publish an exponential moving average of the adapter with this decay per step (None: off).
@@ -381,6 +381,9 @@ class LoopSettings(Section):
     min_replay: int = Field(8, ge=2)  # labelled records (both classes present) before training starts
     # learner steps per ingested sample (replay ratio); None: unbounded. An unbounded learner re-fits its buffer and drifts
     max_steps_per_sample: float | None = Field(0.25, gt=0)
+    # the online learner's step size (None: train.lr). Smaller than offline: online each step sees fewer, noisier
+    # samples and the canary refuses the blocky "wide plate" versions a fast learner reaches (docs/results.md)
+    learner_lr: float | None = Field(5e-5, gt=0)
     ingest_batch: int = Field(32, ge=1)  # labelled entries the learner moves into the replay buffer per poll
     simulator_batch: int = Field(1, ge=1)  # sample entries a simulator takes per read
     checkpoint_every: int = Field(0, ge=0)  # learner steps between checkpoints besides each publish (0: only at publish)

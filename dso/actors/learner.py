@@ -41,7 +41,7 @@ from dso.broker.broker import Broker
 from dso.broker.promotion import CanaryRecord, Decision
 from dso.broker.records import LabelledRecord
 from dso.broker.replay import IngestResult
-from dso.config import Settings
+from dso.config import Settings, TrainSettings
 from dso.learner.anchors import GroundTruthAnchors
 from dso.learner.trainer import ADAPTER_DIR, CHECKPOINT_FILE, FineTuner, TrainBatch, training_guidance
 from dso.models.factory import load_vae_encoder, resolve_device
@@ -61,6 +61,12 @@ class LearnerStep:
     trained: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     published: AdapterManifest | None = None
+
+
+def online_train_settings(settings: Settings) -> TrainSettings:
+    """``train`` with the online learner's own step size (``loop.learner_lr``) where one is set."""
+    lr = settings.loop.learner_lr
+    return settings.train if lr is None else settings.train.model_copy(update={"lr": lr})
 
 
 def learner_settings(settings: Settings) -> Settings:
@@ -98,7 +104,8 @@ class Learner:
         self.encoder = generator  # frozen conditioner: prompt image -> condition tokens
         self.device = resolve_device(self.loop.learner_device)
         self.tuner = FineTuner(
-            generator.trainable_module, settings.lora, settings.objective, settings.train, self.device, training_guidance(settings)
+            generator.trainable_module, settings.lora, settings.objective, online_train_settings(settings), self.device,
+            training_guidance(settings)
         )
         self.images = PromptImages(broker.prompts, settings)
         self._cond: dict[str, torch.Tensor] = {}
