@@ -100,11 +100,15 @@ def promoted_times(run_dir: Path, settings: Settings) -> list[tuple[float, int]]
     from dso.broker.broker import Broker
 
     broker_settings = settings.broker.model_copy(update={"run_dir": run_dir, "redis_url": None})
+    from dso.actors.adoptions import AdoptionLog
+    from dso.broker.keys import KeySpace
+
     with Broker.open(broker_settings) as broker:
         records = broker.promotion.all()
         canary = {v: r.model_dump(mode="json") for v, r in records.items()}
+        adopted = sorted({e.version for e in AdoptionLog(broker.connection.client, KeySpace(broker_settings.key_prefix)).events()})
     promoted = sorted((r["decided_at"], v) for v, r in canary.items() if r["decision"] == "promoted")
-    return promoted, canary
+    return promoted, canary, adopted
 
 
 def run(args: argparse.Namespace) -> None:
@@ -119,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
     wall = time.time() - started
     store = AdapterStore(settings.broker.resolved_adapter_store_dir)
     created = created_times(store)
-    promoted, canary = promoted_times(run_dir, settings)
+    promoted, canary, adopted = promoted_times(run_dir, settings)
     torch.set_num_threads(os.cpu_count() or 1)
     points = Checkpoints(settings, args.prompts, args.samples)
     marks = [0.0] + [m for m in np.arange(args.every, wall + 1e-6, args.every)]
@@ -147,9 +151,11 @@ def run(args: argparse.Namespace) -> None:
         "eval": {"prompts": args.prompts, "samples_per_prompt": args.samples, "first_prompt": settings.canary.prompts},
         "curve": curve,
         "canary_records": canary,
+        "adopted_versions": adopted,  # every version a generator hot-swapped to
         "generated_per_s": s.totals["generated"] / s.seconds if s else None,
         "labelled_per_s": s.totals["labelled"] / s.seconds if s else None,
         "learner_steps": s.learner.get("step", 0) if s else None,
+        "learner": s.learner if s else None,
         "versions": len(s.versions_published) if s else 0,
         "publish_to_adopt_s": s.adoption_latency_s if s else None,
         "run_dir": str(run_dir),
@@ -211,6 +217,16 @@ def trend(curve: list[dict], since_s: float) -> float | None:
     return float(np.polyfit(t / 600.0, y, 1)[0])
 
 
+def _adopted_ok(r: dict) -> str:
+    """Whether every version a generator adopted was promoted (the gate's promise), with the counts."""
+    adopted = r.get("adopted_versions")
+    if adopted is None:
+        return "n/a"
+    promoted = {int(v) for v, rec in r["canary_records"].items() if rec["decision"] == "promoted"}
+    bad = [v for v in adopted if v not in promoted]
+    return f"yes ({len(adopted)} adopted)" if not bad else f"NO: {bad}"
+
+
 def report(args: argparse.Namespace) -> None:
     reports = [json.loads((RESULTS / f"{label}.json").read_text()) for label in args.labels]
     plot(reports, args.out / "loop_stability.png")
@@ -227,8 +243,8 @@ def report(args: argparse.Namespace) -> None:
         "(disjoint from what the gate saw). Evaluation runs after the loop, so it does not slow the loop it measures.",
         "",
         "| run | settings | eval samples | base stable | first >= 97 % (promoted) | final promoted | stable | Chamfer / base "
-        "| worst promoted Chamfer / base | slope, last 30 min (/10 min) | versions | refused | gen / s | publish-to-adopt p95 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| worst promoted Chamfer / base | slope, last 30 min (/10 min) | versions | refused | rollbacks | canary CPU share | generators adopted only promoted versions | gen / s | publish-to-adopt p95 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in reports:
         c = r["curve"]
@@ -238,6 +254,10 @@ def report(args: argparse.Namespace) -> None:
         worst = max(p["promoted_eval"]["chamfer"] / base["chamfer"] for p in c)
         slope = trend(c, max(0.0, r["duration_s"] - 1800))
         refused = sum(1 for rec in r["canary_records"].values() if rec["decision"] == "refused")
+        # the canary scores with one thread: its busy seconds over all cores' seconds is its CPU share of the loop
+        busy = sum(rec["seconds"] for rec in r["canary_records"].values())
+        share = f"{100 * busy / (r['duration_s'] * (os.cpu_count() or 1)):.1f} %" if r.get("canary", True) else "n/a"
+        rollbacks = int((r.get("learner") or {}).get("rollbacks", 0) or 0)
         lat = (r.get("publish_to_adopt_s") or {}).get("p95")
         samples = r["eval"]["prompts"] * r["eval"]["samples_per_prompt"]
         settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "defaults"
@@ -247,7 +267,7 @@ def report(args: argparse.Namespace) -> None:
             + f" | v{last['promoted']} | {100 * last['promoted_eval']['stability']:.1f} % | "
             f"{last['promoted_eval']['chamfer'] / base['chamfer']:.3f} | {worst:.3f} | "
             + ("n/a" if slope is None else f"{slope:+.3f}")
-            + f" | {r['versions']} | {refused} | {r['generated_per_s']:.1f} | "
+            + f" | {r['versions']} | {refused} | {rollbacks} | {share} | {_adopted_ok(r)} | {r['generated_per_s']:.1f} | "
             + ("n/a" if lat is None else f"{lat:.2f} s")
             + " |"
         )
