@@ -100,7 +100,7 @@ def promoted_times(run_dir: Path, settings: Settings) -> list[tuple[float, int]]
     from dso.broker.broker import Broker
 
     broker_settings = settings.broker.model_copy(update={"run_dir": run_dir, "redis_url": None})
-    from dso.actors.adoptions import AdoptionLog
+    from dso.broker.adoptions import AdoptionLog
     from dso.broker.keys import KeySpace
 
     with Broker.open(broker_settings) as broker:

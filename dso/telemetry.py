@@ -27,7 +27,6 @@ What each process calls (see docs/api.md, "Metrics"):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -319,12 +318,12 @@ class MetricsTargets:
 
     Each process announces ``host:port`` under its component (generator, simulator, ...)
     and re-announces at least every ``ttl_s`` (a dead process's target expires).
-    ``client`` is a redis-py client; ``key`` a run-scoped key (``KeySpace.key("metrics", "targets")``).
+    ``store`` keeps the entries: the run's ``broker.targets``
+    (``dso.broker.metrics_targets.MetricsTargetStore``, which owns the Redis layout).
     """
 
-    def __init__(self, client: Any, key: str, ttl_s: int = 60) -> None:
-        self.client = client
-        self.key = key
+    def __init__(self, store: Any, ttl_s: int = 60) -> None:
+        self.store = store
         self.ttl_s = ttl_s
 
     def announce(self, component: str, address: str, now: float | None = None) -> None:
@@ -333,20 +332,14 @@ class MetricsTargets:
         if ":" not in address:
             raise ValueError(f"address must be host:port, got {address!r}")
         expires = (time.time() if now is None else now) + self.ttl_s
-        self.client.zadd(self.key, {json.dumps([component, address]): expires})
+        self.store.put(component, address, expires)
 
     def withdraw(self, component: str, address: str) -> None:
-        self.client.zrem(self.key, json.dumps([component, address]))
+        self.store.remove(component, address)
 
     def live(self, now: float | None = None) -> list[tuple[str, str]]:
         """``(component, address)`` of every target not yet expired (expired ones are dropped)."""
-        now = time.time() if now is None else now
-        self.client.zremrangebyscore(self.key, "-inf", now)
-        out = []
-        for raw in self.client.zrangebyscore(self.key, now, "+inf"):
-            component, address = json.loads(raw)
-            out.append((component, address))
-        return sorted(out)
+        return self.store.live(time.time() if now is None else now)
 
     def http_sd(self, now: float | None = None) -> list[dict[str, Any]]:
         """Prometheus ``http_sd_configs`` groups: one per component."""
@@ -394,11 +387,6 @@ class TargetAnnouncer:
 METRICS_PORT_ENV = "DSO_METRICS_PORT"  # set by the Helm chart in Ray and simulator pods
 
 
-def targets_key(keys: Any) -> str:
-    """The run's scrape-target set in Redis, from its ``dso.broker.KeySpace`` (``broker.prompts.keys``)."""
-    return keys.key("metrics", "targets")
-
-
 @dataclass
 class ProcessMetrics:
     """A loop process's running exporter and its service-discovery announcement."""
@@ -434,7 +422,7 @@ def start_process_metrics(
     server = start_metrics_server(port, host=host, span=api_settings.metrics_port_span)
     announcer = None
     if broker is not None:
-        targets = MetricsTargets(broker.connection.client, targets_key(broker.prompts.keys), api_settings.target_ttl_s)
+        targets = MetricsTargets(broker.targets, api_settings.target_ttl_s)
         address = f"{advertised_host(host)}:{server.port}"
         try:
             announcer = TargetAnnouncer(targets, component, address).start()
@@ -492,7 +480,7 @@ class BrokerCollector(Collector):
             pending.add_metric([queue.name], depth.pending)
         yield from (length, lag, pending)
         dead = GaugeMetricFamily("dso_dead_letters", "Entries in the dead-letter stream (capped, newest kept).")
-        dead.add_metric([], int(broker.samples.client.xlen(broker.samples.dead_key)))
+        dead.add_metric([], broker.samples.dead_letter_count())
         yield dead
         replay = GaugeMetricFamily("dso_replay_samples", "Labelled samples in the replay buffer.", labels=["class"])
         for cls, count in broker.replay.counts().items():

@@ -10,7 +10,7 @@ from conftest_broker import make_settings, verdict_of
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from dso.api.app import create_app, metrics_targets_key
+from dso.api.app import create_app
 from dso.broker import Broker, EmbeddedValkey
 from dso.broker.server import BrokerConnection, make_client
 from dso.config import ApiSettings, Settings
@@ -84,7 +84,7 @@ def test_stats_report_rates_throughput_queues_and_learner(broker: Broker) -> Non
 
 
 def test_metrics_targets_are_served_as_http_service_discovery(broker: Broker) -> None:
-    targets = MetricsTargets(broker.connection.client, metrics_targets_key(broker), ttl_s=60)
+    targets = MetricsTargets(broker.targets, ttl_s=60)
     targets.announce("simulator", "10.0.0.5:9101")
     targets.announce("simulator", "10.0.0.6:9101")
     targets.announce("learner", "10.0.0.7:9100")
@@ -105,5 +105,5 @@ def test_readiness_can_require_announced_loop_components(broker: Broker) -> None
     with TestClient(app) as client:
         waiting = client.get("/readyz")
         assert waiting.status_code == 503 and "no live learner" in waiting.json()["checks"]["learner_announced"]
-        MetricsTargets(broker.connection.client, metrics_targets_key(broker)).announce("learner", "10.0.0.9:9100")
+        MetricsTargets(broker.targets).announce("learner", "10.0.0.9:9100")
         assert client.get("/readyz").status_code == 200

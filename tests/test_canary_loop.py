@@ -16,9 +16,7 @@ import pytest
 import ray
 from rich.console import Console
 
-from dso.actors.adoptions import AdoptionLog
 from dso.broker.broker import Broker
-from dso.broker.keys import KeySpace
 from dso.evaluate.gate import Decision
 from dso.jobs.runner import LoopRunner
 from dso.models.factory import TINY_DIR
@@ -58,7 +56,7 @@ def test_wrecked_candidate_is_refused_and_never_served(tmp_path, local_ray):
     broker = Broker.open(settings.broker)
     settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"redis_url": broker.url})})
     runner = LoopRunner(settings, broker, run_dir, Console(width=140))
-    adoptions = AdoptionLog(broker.connection.client, KeySpace(broker.settings.key_prefix))
+    adoptions = broker.adoptions
     stop = threading.Event()
     supervisor = threading.Thread(target=runner.supervise, args=(stop, 180.0))
     started = time.monotonic()

@@ -9,13 +9,12 @@ import torch
 from prometheus_client import REGISTRY
 
 from conftest_broker import make_settings, verdict_of
-from dso.actors import AdoptionLog, GeneratorWorker, Learner, SimulatorWorker, seed_default_prompts
+from dso.actors import GeneratorWorker, Learner, SimulatorWorker, seed_default_prompts
 from dso.actors.prompt_images import png_bytes
 from dso.api.app import create_app
 from dso.broker.prompt_stats import PromptStats
 from dso.api.server import ApiServer
 from dso.broker.broker import Broker
-from dso.broker.keys import KeySpace
 from dso.broker.records import LabelledRecord
 from dso.broker.streams import DATA_FIELD
 from dso.shapes.prompts import training_prompt
@@ -77,7 +76,7 @@ def test_generate_label_train_publish_adopt(loop_env, tmp_path):
     batch = generator.step()
     assert batch is not None and batch.adapter_version == 2 and generator.version == 2
     assert not torch.equal(probe_before, generator.swapper.probe(generator.policy)), "the swap changed the policy"
-    adoption = AdoptionLog(broker.connection.client, KeySpace(broker.settings.key_prefix)).events()
+    adoption = broker.adoptions.events()
     assert [a.version for a in adoption] == [2] and 0 <= adoption[0].latency_s < 60
     drain(simulator, learner)
     # reconciliation: every generated sample labelled exactly once, each counted once

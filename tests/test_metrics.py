@@ -24,7 +24,6 @@ from dso.telemetry import (
     labelled_result,
     start_metrics_server,
     start_process_metrics,
-    targets_key,
 )
 
 PROMTOOL = shutil.which("promtool")
@@ -155,7 +154,7 @@ def test_broker_collector_keeps_only_the_newest_versions(broker: Broker) -> None
 
 
 def test_targets_expire_unless_reannounced(broker: Broker) -> None:
-    targets = MetricsTargets(broker.connection.client, broker.prompts.keys.key("metrics", "targets"), ttl_s=10)
+    targets = MetricsTargets(broker.targets, ttl_s=10)
     targets.announce("simulator", "h1:9100", now=1000.0)
     targets.announce("learner", "h2:9100", now=1000.0)
     assert targets.live(now=1005.0) == [("learner", "h2:9100"), ("simulator", "h1:9100")]
@@ -175,7 +174,7 @@ def test_process_metrics_take_the_env_port_and_announce_themselves(broker: Broke
         "learner", ApiSettings(metrics_port=1, metrics_port_span=4), broker, host="127.0.0.1",
         environ={"DSO_METRICS_PORT": str(port)},
     )
-    targets = MetricsTargets(broker.connection.client, targets_key(broker.prompts.keys))
+    targets = MetricsTargets(broker.targets)
     try:
         assert port <= running.server.port < port + 4
         assert targets.live() == [("learner", f"127.0.0.1:{running.server.port}")]

@@ -59,7 +59,7 @@ def test_worker_serves_metrics_on_the_env_port_and_withdraws_on_sigterm(tmp_path
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     with Broker.open(settings) as broker:
-        targets = telemetry.MetricsTargets(broker.connection.client, telemetry.targets_key(broker.prompts.keys))
+        targets = telemetry.MetricsTargets(broker.targets)
         try:
             for seed in range(SAMPLES):
                 occupancy = sample_object(seed, 32).occupancy

@@ -10,6 +10,5 @@ from dso.actors.generator_worker import GeneratorWorker
 from dso.actors.learner import Learner
 from dso.actors.prompt_images import PromptImages, seed_default_prompts
 from dso.actors.simulator_worker import SimulatorWorker
-from dso.actors.adoptions import AdoptionLog
 
-__all__ = ["AdoptionLog", "GeneratorWorker", "Learner", "PromptImages", "SimulatorWorker", "seed_default_prompts"]
+__all__ = ["GeneratorWorker", "Learner", "PromptImages", "SimulatorWorker", "seed_default_prompts"]

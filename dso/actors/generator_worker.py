@@ -6,7 +6,7 @@ inside one, so a batch has exactly one version) the worker looks for a newer
 when the canary is off) and hot-swaps it into the live model with
 :class:`dso.models.lora.AdapterSwapper`, which proves the swap changed the
 model's output; the publish-to-adopt latency goes to the Prometheus histogram
-(:mod:`dso.telemetry`) and to the run's :class:`AdoptionLog`.
+(:mod:`dso.telemetry`) and to the run's adoption record (``broker.adoptions``, :class:`dso.broker.adoptions.AdoptionLog`).
 
 Prompts are read from the store on every batch, and prompts this worker has not
 sampled yet go first, so an image uploaded over the API is sampled within one
@@ -23,11 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dso import telemetry
-from dso.actors.adoptions import AdoptionLog
 from dso.actors.prompt_images import PromptImages
 from dso.broker.adapter_store import AdapterStoreError
 from dso.broker.broker import Broker
-from dso.broker.keys import KeySpace
 from dso.broker.records import SampleRecord
 from dso.config import Settings
 from dso.models.contract import ShapeGenerator, generate_shapes
@@ -70,7 +68,7 @@ class GeneratorWorker:
         self.swapper = AdapterSwapper(self.policy, flow_model_probe(self.policy, settings.lora), settings.lora)
         self.version = 0
         self.images = PromptImages(broker.prompts, settings)
-        self.adoptions = AdoptionLog(broker.connection.client, KeySpace(broker.settings.key_prefix))
+        self.adoptions = broker.adoptions
         self.rng = np.random.default_rng([settings.loop.seed, zlib.crc32(name.encode()), time.time_ns()])
         self.refused_versions: set[int] = set()
         self.sampled_prompts: set[str] = set()  # prompt ids this worker has generated from
@@ -148,7 +146,7 @@ class GeneratorWorker:
         seconds = time.perf_counter() - started
         self.sampled_prompts.update(chosen)
         ids = []
-        batch = self.broker.connection.client.pipeline(transaction=True)  # samples and their count: all or nothing
+        batch = self.broker.transaction()  # samples and their count: all or nothing
         for shape in shapes:
             record = SampleRecord(
                 prompt_id=chosen[shape.image_index],

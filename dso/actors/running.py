@@ -13,11 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 
-import redis
+from dso.broker.errors import BROKER_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
-BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+BROKER_ERRORS = BROKER_UNAVAILABLE  # a restarting server or a blip: ride it out
 BACKOFF_START_S = 0.1
 BACKOFF_MAX_S = 5.0
 

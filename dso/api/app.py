@@ -39,11 +39,6 @@ Push prompt images to the DSO loop, download its LoRA adapters and watch its sta
 """
 
 
-def metrics_targets_key(broker: Broker) -> str:
-    """Where this run's scrape targets live in Redis (one set per key prefix)."""
-    return telemetry.targets_key(broker.prompts.keys)
-
-
 def create_app(
     settings: Settings,
     broker: Broker | None = None,
@@ -71,9 +66,7 @@ def create_app(
         tokens=TokenSource(api, environ),
         metrics=metrics,
         prompt_stats=PromptStats.for_broker(active_broker),
-        targets=telemetry.MetricsTargets(
-            active_broker.connection.client, metrics_targets_key(active_broker), api.target_ttl_s
-        ),
+        targets=telemetry.MetricsTargets(active_broker.targets, api.target_ttl_s),
         archives=ArchiveCache(api.archive_cache_entries),
         app_registry=app_registry,
         component_checks=dict(component_checks or {}),

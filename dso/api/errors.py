@@ -6,10 +6,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from dso.broker.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = "; ".join(f"{_location(e)}: {e.get('msg', 'invalid')}" for e in errors) or "invalid request"
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.exception_handler(redis.RedisError)
-    async def _broker_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
+    @app.exception_handler(BrokerError)
+    async def _broker_down(_request: Request, exc: BrokerError) -> JSONResponse:
         log.warning("broker unavailable: %s", exc)
         return JSONResponse({"detail": f"broker (Redis) unavailable: {type(exc).__name__}"}, status_code=503)

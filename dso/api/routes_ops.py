@@ -30,7 +30,7 @@ def _stats(ctx: ApiContext) -> StatsResponse:
     broker = ctx.broker
     snapshot = broker.stats.snapshot()
     window = snapshot["window"]
-    dead = int(broker.samples.client.xlen(broker.samples.dead_key))
+    dead = broker.samples.dead_letter_count()
     return StatsResponse(
         time=snapshot["time"],
         current_version=snapshot["current_version"],
@@ -67,7 +67,7 @@ def healthz() -> Health:
 async def _check_redis(ctx: ApiContext) -> str:
     try:
         await asyncio.wait_for(
-            run_in_threadpool(ctx.broker.connection.client.ping), timeout=ctx.settings.readiness_timeout_s
+            run_in_threadpool(ctx.broker.ping), timeout=ctx.settings.readiness_timeout_s
         )
     except TimeoutError:
         return f"no answer from Redis within {ctx.settings.readiness_timeout_s} s"

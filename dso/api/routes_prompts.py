@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -114,22 +113,19 @@ def _store(ctx: ApiContext, images: list[ValidatedImage]) -> list[UploadedPrompt
 
 def _prompt_infos(ctx: ApiContext, prompt_ids: list[str]) -> list[PromptInfo]:
     """Metadata without the image bytes, in one round trip, plus each prompt's verdict counts."""
-    store = ctx.broker.prompts
-    pipe = store.client.pipeline(transaction=False)
-    for prompt_id in prompt_ids:
-        pipe.hmget(store.keys.prompt(prompt_id), "metadata", "created_at", "retired_at")
-    rows = pipe.execute()
+    summaries = ctx.broker.prompts.summaries(prompt_ids)
     stability = ctx.prompt_stats.get_many(prompt_ids)
     out = []
-    for prompt_id, (meta, created_at, retired_at), counts in zip(prompt_ids, rows, stability, strict=True):
-        if created_at is None:
+    for summary, counts in zip(summaries, stability, strict=True):
+        if summary is None:
             continue  # vanished between listing and reading
+        prompt_id = summary.prompt_id
         out.append(
             PromptInfo(
                 id=prompt_id,
-                active=retired_at is None,
-                created_at=float(created_at),
-                metadata=PromptMetadata.model_validate(json.loads(meta or b"{}")),
+                active=summary.active,
+                created_at=summary.created_at,
+                metadata=PromptMetadata.model_validate(summary.metadata),
                 stability=PromptStability(**counts),
                 image_url=f"/v1/prompts/{prompt_id}/image",
             )

@@ -32,7 +32,7 @@ from dso.api.schemas import (
     StabilityHistory,
     error_responses,
 )
-from dso.broker.records import LabelledRecord, RecordDecodeError
+from dso.broker.records import LabelledRecord
 from dso.broker.replay import CLASSES, ReplayBuffer
 from dso.sim.verdict import Outcome
 from dso.config import ConsoleSettings, Settings, ShapesSettings
@@ -78,37 +78,18 @@ def get_samples_context(request: Request) -> SamplesContext:
 # --- reading the replay buffer --------------------------------------------------------------------
 
 
-def _arrival_key(replay: ReplayBuffer, cls: str) -> str:
-    return replay.keys.replay(f"{cls}:arrival")  # layout documented in dso.broker.replay
-
-
-def newest_ids(replay: ReplayBuffer, classes: tuple[str, ...], scan: int) -> list[str]:
-    """Up to ``scan`` sample ids of the given classes, newest arrival first."""
-    pipe = replay.client.pipeline(transaction=False)
-    for cls in classes:
-        pipe.zrevrange(_arrival_key(replay, cls), 0, scan - 1, withscores=True)
-    merged = [(score, member) for rows in pipe.execute() for member, score in rows]
-    merged.sort(key=lambda row: row[0], reverse=True)
-    return [member.decode() for _score, member in merged[:scan]]
-
-
 def recent_records(
     replay: ReplayBuffer, classes: tuple[str, ...], prompt_id: str | None, limit: int, scan: int
 ) -> tuple[list[LabelledRecord], int]:
     """Newest records matching the filters, and how many were examined."""
-    ids = newest_ids(replay, classes, scan)
+    ids = replay.newest_ids(classes, scan)
     found: list[LabelledRecord] = []
     examined = 0
     for offset in range(0, len(ids), FETCH_CHUNK):
-        chunk = ids[offset : offset + FETCH_CHUNK]
-        for payload in replay.client.hmget(replay.keys.replay("data"), chunk):
+        for record in replay.get_many(ids[offset : offset + FETCH_CHUNK]):
             examined += 1
-            if payload is None:
-                continue  # evicted between listing and fetching
-            try:
-                record = LabelledRecord.from_bytes(payload)
-            except RecordDecodeError:
-                continue
+            if record is None:
+                continue  # evicted between listing and fetching, or unreadable
             if prompt_id is None or record.sample.prompt_id == prompt_id:
                 found.append(record)
                 if len(found) == limit:
@@ -291,14 +272,13 @@ def build_listing_router(console: ConsoleSettings) -> APIRouter:
         buckets: int = Query(console.history_buckets, ge=1, le=console.history_max_buckets, description="time slices"),
         ctx: ApiContext = Depends(get_context),
     ) -> StabilityHistory:
-        client, keys = ctx.broker.stats.client, ctx.broker.stats.keys
         now = time.time()
-        events = stability_history.read_events(client, keys)
+        events = ctx.broker.stats.verdict_events()
         return StabilityHistory(
             time=now,
             events=len(events),
             buckets=[HistoryBucket(**row) for row in stability_history.bucket_events(events, buckets, now)],
-            adapters=[AdapterPublication(**a) for a in stability_history.adapter_publications(client, keys)],
+            adapters=[AdapterPublication(**a) for a in stability_history.adapter_publications(ctx.broker.registry)],
             canary=[CanaryPoint(**point) for point in stability_history.canary_points(ctx.broker.promotion)],
             promoted_version=ctx.broker.promotion.promoted(),
         )

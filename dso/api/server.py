@@ -15,7 +15,6 @@ import uvicorn
 from fastapi import FastAPI
 
 from dso import telemetry
-from dso.api.app import metrics_targets_key
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class ApiServer:
     def _announce(self) -> None:
         ctx = self.app.state.ctx
         address = f"{telemetry.advertised_host(self.host)}:{self.port}"
-        targets = telemetry.MetricsTargets(ctx.broker.connection.client, metrics_targets_key(ctx.broker), ctx.settings.target_ttl_s)
+        targets = telemetry.MetricsTargets(ctx.broker.targets, ctx.settings.target_ttl_s)
         try:
             self._announcer = telemetry.TargetAnnouncer(targets, "api", address).start()
         except Exception as exc:  # noqa: BLE001 - discovery is a convenience; serving matters more

@@ -1,48 +1,25 @@
 """The stability rate over time, for the console's chart, from the stats store's verdict events.
 
-The stats store (``dso.broker.stats``) keeps the newest ``broker.stats_window_samples``
+The stats store (``dso.broker.stats``, read through ``StatsStore.verdict_events``) keeps the newest ``broker.stats_window_samples``
 verdict events (``time,version,outcome``) in a capped list; this module buckets them into
 equal time slices from the oldest event kept to now. The chart therefore covers the
 last N verdicts, however long they took; the per-version totals in ``/v1/stats`` cover
-the whole run. Adapter publish times come from the registry's manifests; the canary's
+the whole run. Adapter publish times come from the registry's manifests (``AdapterRegistry.manifests``); the canary's
 score of each version comes from ``broker.promotion`` (never from its Redis keys directly).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import redis
-
-from dso.broker.keys import KeySpace
 from dso.broker.promotion import PromotionStore
+from dso.broker.registry import AdapterRegistry
+from dso.broker.stats import VerdictEvent
 
 CANARY_CHART_SCORES = ("stable_ratio", "paired_drift", "chamfer")  # the scores a chart point carries
 
-_OUTCOMES = {b"s": "stable", b"u": "unstable", b"i": "invalid"}
-
-
-@dataclass(frozen=True)
-class VerdictEvent:
-    time: float
-    version: int
-    outcome: str  # stable | unstable | invalid
-
-
-def parse_events(raw: list[bytes]) -> list[VerdictEvent]:
-    """Decode ``time,version,code`` entries, oldest first; malformed entries are skipped."""
-    out = []
-    for entry in raw:
-        try:
-            stamp, version, code = entry.split(b",")
-            out.append(VerdictEvent(float(stamp), int(version), _OUTCOMES[code]))
-        except (ValueError, KeyError):
-            continue
-    out.sort(key=lambda e: e.time)
-    return out
+__all__ = ["VerdictEvent", "adapter_publications", "bucket_events", "canary_points"]
 
 
 def bucket_events(events: list[VerdictEvent], buckets: int, now: float) -> list[dict[str, Any]]:
@@ -69,20 +46,15 @@ def bucket_events(events: list[VerdictEvent], buckets: int, now: float) -> list[
     return rows
 
 
-def read_events(client: redis.Redis, keys: KeySpace) -> list[VerdictEvent]:
-    return parse_events(client.lrange(keys.stats("labelled_events"), 0, -1))
-
-
-def adapter_publications(client: redis.Redis, keys: KeySpace) -> list[dict[str, Any]]:
+def adapter_publications(registry: AdapterRegistry) -> list[dict[str, Any]]:
     """Every announced adapter version with its publish time (Unix seconds), oldest first."""
     out = []
-    for version, raw in client.hgetall(keys.adapter_manifests()).items():
+    for version, manifest in registry.manifests().items():
         try:
-            manifest = json.loads(raw)
             created = datetime.fromisoformat(manifest["created_at"]).timestamp()
         except (ValueError, KeyError, TypeError):
             continue
-        out.append({"version": int(version), "created_at": created, "step": manifest.get("step"),
+        out.append({"version": version, "created_at": created, "step": manifest.get("step"),
                     "objective": manifest.get("objective")})
     out.sort(key=lambda a: a["version"])
     return out

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 from dso.broker.adapter_store import AdapterStore
 from dso.broker.admission import AdmissionControl
+from dso.broker.adoptions import AdoptionLog
 from dso.broker.keys import KeySpace
+from dso.broker.metrics_targets import MetricsTargetStore
 from dso.broker.prompts import PromptStore
 from dso.broker.promotion import PromotionStore
 from dso.broker.registry import AdapterRegistry
@@ -37,11 +41,29 @@ class Broker:
     admission: AdmissionControl
     stats: StatsStore
     promotion: PromotionStore  # canary scores and the promoted version generators follow
+    adoptions: AdoptionLog  # when each generator first sampled from each version (the run's record)
+    targets: MetricsTargetStore  # where each process serves /metrics (dso.telemetry.MetricsTargets)
+
+    @property
+    def keys(self) -> KeySpace:
+        """The run's key space: every Redis key of the run is spelled by it, and only inside ``dso.broker``."""
+        return KeySpace(self.settings.key_prefix)
 
     @property
     def url(self) -> str:
         """Give this to other processes (Ray actors) so they connect to the same server."""
         return self.connection.url
+
+    def ping(self) -> bool:
+        """True when the server answers (raises ``dso.broker.BrokerError`` when it does not)."""
+        return bool(self.connection.client.ping())
+
+    def transaction(self) -> Any:
+        """A write batch applied all or nothing on ``execute()``.
+
+        Pass it as ``pipe=`` to writers that take one (``WorkQueue.put``, ``StatsStore.record_generated``).
+        """
+        return self.connection.client.pipeline(transaction=True)
 
     @classmethod
     def open(cls, settings: BrokerSettings) -> Broker:
@@ -74,6 +96,8 @@ class Broker:
             admission=AdmissionControl([samples, labelled], settings.max_backlog),
             stats=StatsStore(client, keys, settings, queues=[samples, labelled], registry=registry),
             promotion=PromotionStore(client, keys),
+            adoptions=AdoptionLog(client, keys),
+            targets=MetricsTargetStore(client, keys),
         )
 
     def close(self) -> None:

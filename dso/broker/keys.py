@@ -63,6 +63,10 @@ class KeySpace:
     def promoted_channel(self) -> str:
         return self.key("adapters", "promoted", "channel")
 
+    # metrics scrape targets (dso.broker.metrics_targets)
+    def metrics_targets(self) -> str:
+        return self.key("metrics", "targets")
+
     # stats
     def stats(self, *parts: str | int) -> str:
         return self.key("stats", *parts)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,16 @@ class UnknownPromptError(KeyError):
 class Prompt:
     prompt_id: str
     image: bytes
+    metadata: dict[str, Any]
+    created_at: float
+    active: bool
+
+
+@dataclass(frozen=True)
+class PromptSummary:
+    """A prompt without its image bytes."""
+
+    prompt_id: str
     metadata: dict[str, Any]
     created_at: float
     active: bool
@@ -102,6 +112,19 @@ class PromptStore:
             created_at=float(fields[b"created_at"]),
             active=b"retired_at" not in fields,
         )
+
+    def summaries(self, prompt_ids: Sequence[str]) -> list[PromptSummary | None]:
+        """Metadata, creation time and state of each prompt, in one round trip (None: never stored)."""
+        pipe = self.client.pipeline(transaction=False)
+        for prompt_id in prompt_ids:
+            pipe.hmget(self.keys.prompt(prompt_id), "metadata", "created_at", "retired_at")
+        out: list[PromptSummary | None] = []
+        for prompt_id, (meta, created_at, retired_at) in zip(prompt_ids, pipe.execute(), strict=True):
+            if created_at is None:
+                out.append(None)
+                continue
+            out.append(PromptSummary(prompt_id, json.loads(meta or b"{}"), float(created_at), retired_at is None))
+        return out
 
     def exists(self, prompt_id: str) -> bool:
         return bool(self.client.hexists(self.keys.prompt(prompt_id), "image"))

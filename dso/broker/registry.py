@@ -76,6 +76,16 @@ class AdapterRegistry:
     def versions(self) -> list[int]:
         return sorted(int(v) for v in self.client.hkeys(self.keys.adapter_manifests()))
 
+    def manifests(self) -> dict[int, dict[str, Any]]:
+        """Every announced version's manifest, by version (unreadable entries are skipped)."""
+        out = {}
+        for version, raw in self.client.hgetall(self.keys.adapter_manifests()).items():
+            try:
+                out[int(version)] = json.loads(raw)
+            except ValueError:
+                continue
+        return dict(sorted(out.items()))
+
     def subscribe(self) -> redis.client.PubSub:
         """A pub/sub handle on the announcement channel (messages carry the version number)."""
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)

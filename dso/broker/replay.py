@@ -18,7 +18,7 @@ without its sample being stored.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -210,6 +210,27 @@ class ReplayBuffer:
                 return [LabelledRecord.from_bytes(p) for p in payloads]
         found = [p for p in payloads if p is not None]
         return [LabelledRecord.from_bytes(found[i % len(found)]) for i in range(k)] if found else []
+
+    def newest_ids(self, classes: Sequence[str], scan: int) -> list[str]:
+        """Up to ``scan`` sample ids of the given classes, newest arrival first."""
+        pipe = self.client.pipeline(transaction=False)
+        for cls in classes:
+            pipe.zrevrange(self._arrival(cls), 0, scan - 1, withscores=True)
+        merged = [(score, member) for rows in pipe.execute() for member, score in rows]
+        merged.sort(key=lambda row: row[0], reverse=True)
+        return [member.decode() for _score, member in merged[:scan]]
+
+    def get_many(self, sample_ids: Sequence[str]) -> list[LabelledRecord | None]:
+        """The records of ``sample_ids`` in one round trip, None where evicted or undecodable."""
+        if not sample_ids:
+            return []
+        out: list[LabelledRecord | None] = []
+        for payload in self.client.hmget(self.keys.replay("data"), list(sample_ids)):
+            try:
+                out.append(LabelledRecord.from_bytes(payload) if payload is not None else None)
+            except RecordDecodeError:
+                out.append(None)
+        return out
 
     def get(self, sample_id: str) -> LabelledRecord | None:
         payload = self.client.hget(self.keys.replay("data"), sample_id)

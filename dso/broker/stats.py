@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -38,6 +39,29 @@ from dso.sim.verdict import Outcome, Verdict
 
 COUNTERS = ("generated", "labelled", "stable", "unstable", "invalid")
 _OUTCOME_CODES = {Outcome.stable.value: "s", Outcome.unstable.value: "u", Outcome.invalid.value: "i"}
+_CODE_OUTCOMES = {code.encode(): outcome for outcome, code in _OUTCOME_CODES.items()}
+
+
+@dataclass(frozen=True)
+class VerdictEvent:
+    """One counted verdict of the recent-events window."""
+
+    time: float
+    version: int
+    outcome: str  # stable | unstable | invalid
+
+
+def parse_verdict_events(raw: Sequence[bytes]) -> list[VerdictEvent]:
+    """Decode ``time,version,code`` entries, oldest first; malformed entries are skipped."""
+    out = []
+    for entry in raw:
+        try:
+            stamp, version, code = entry.split(b",")
+            out.append(VerdictEvent(float(stamp), int(version), _CODE_OUTCOMES[code]))
+        except (ValueError, KeyError):
+            continue
+    out.sort(key=lambda e: e.time)
+    return out
 
 
 def _rate(numerator: int, denominator: int) -> float | None:
@@ -133,6 +157,10 @@ class StatsStore:
         pipe.execute()
 
     # --- reading ------------------------------------------------------------------
+
+    def verdict_events(self) -> list[VerdictEvent]:
+        """The newest ``stats_window_samples`` counted verdicts, oldest first (the console's chart)."""
+        return parse_verdict_events(self.client.lrange(self.keys.stats("labelled_events"), 0, -1))
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a dashboard needs, as plain JSON-ready data."""

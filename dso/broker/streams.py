@@ -237,6 +237,10 @@ class WorkQueue:
         """Entries not yet acked: undelivered plus pending."""
         return self.depth().backlog
 
+    def dead_letter_count(self) -> int:
+        """Entries in the run's dead-letter stream (shared by every queue; capped, newest kept)."""
+        return int(self.client.xlen(self.dead_key))
+
     def dead_letters(self, count: int = 100) -> list[dict[str, str | bytes]]:
         """This queue's most recent dead-lettered entries (newest first; the dead stream is shared)."""
         out = []

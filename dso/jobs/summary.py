@@ -10,9 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dso.actors.adoptions import AdoptionLog
 from dso.broker.broker import Broker
-from dso.broker.keys import KeySpace
 from dso.broker.promotion import PromotionStore
 
 
@@ -60,7 +58,6 @@ class LoopSummary:
 
 def collect_summary(broker: Broker, run_dir: Path, seconds: float, endpoints: dict[str, Any] | None = None) -> LoopSummary:
     snapshot = broker.stats.snapshot()
-    adoptions = AdoptionLog(broker.connection.client, KeySpace(broker.settings.key_prefix))
     return LoopSummary(
         run_dir=str(run_dir),
         adapter_dir=str(broker.adapters.root),
@@ -70,8 +67,8 @@ def collect_summary(broker: Broker, run_dir: Path, seconds: float, endpoints: di
         versions_published=broker.adapters.versions(),
         learner=snapshot["learner"],
         queues=snapshot["queues"],
-        dead_letters=int(broker.connection.client.xlen(broker.samples.dead_key)),
-        adoption_latency_s=adoptions.latency_quantiles(),
+        dead_letters=broker.samples.dead_letter_count(),
+        adoption_latency_s=broker.adoptions.latency_quantiles(),
         endpoints=dict(endpoints or {}),
         canary=canary_summary(broker.promotion),
     )

@@ -7,6 +7,7 @@ This is a run *record* in Redis, not a metric: Prometheus metrics (the
 the bench need the latencies of *every* generator after the actors are gone,
 which no per-process exporter can give; it sits next to StatsStore under
 ``<prefix>:stats:adoptions`` (a capped list of ``time,version,latency_s,worker``).
+Open it as ``broker.adoptions`` (``dso.broker.Broker``).
 """
 
 from __future__ import annotations
