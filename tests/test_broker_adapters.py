@@ -40,7 +40,7 @@ def test_publish_versions_latest_and_manifest(tmp_path: Path) -> None:
     m2 = store.publish(peft_folder(tmp_path / "b", 2), step=200, objective="dro")
     assert (m1.version, m2.version) == (1, 2)
     assert store.versions() == [1, 2] and store.latest() == 2
-    assert (tmp_path / "store" / "LATEST").read_text().strip() == "2"
+    assert not (tmp_path / "store" / "LATEST").exists()  # no pointer file: the registry is the fleet's pointer
     assert m1.parent_version is None and m2.parent_version == 1
     manifest = store.manifest(1)
     assert manifest == m1 and manifest.metrics == {"loss": 0.5} and manifest.step == 100
@@ -138,3 +138,14 @@ def test_publish_notifies_the_registry(tmp_path: Path, redis_client: redis.Redis
     publisher.join()
     # an older announcement never moves the latest pointer back
     assert registry.announce({"version": 1, "step": 5}) is False and registry.latest() == 2
+
+
+def test_a_stale_latest_file_is_ignored_and_numbering_resumes_from_directories(tmp_path: Path) -> None:
+    """Stores written before the registry became the one pointer may hold a LATEST file: nothing reads it."""
+    store = AdapterStore(tmp_path / "store")
+    store.publish(peft_folder(tmp_path / "a", 1), step=1, objective="dro")
+    store.publish(peft_folder(tmp_path / "b", 2), step=2, objective="dro")
+    (store.root / "LATEST").write_text("1\n")
+    reopened = AdapterStore(tmp_path / "store")  # a restarted learner's view
+    assert reopened.latest() == 2 and reopened.next_version() == 3
+    assert reopened.publish(peft_folder(tmp_path / "c", 3), step=3, objective="dro").parent_version == 2

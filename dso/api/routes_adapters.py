@@ -103,7 +103,7 @@ def _info(ctx: ApiContext, version: int, latest: int | None, promoted: int, reco
             responses=error_responses(401, 500, 503))
 def list_adapters(ctx: ApiContext = Depends(get_context)) -> AdapterList:
     store = ctx.broker.adapters
-    latest = store.latest()
+    latest = ctx.broker.registry.latest()  # the fleet's newest publish (the store holds the files)
     promoted = ctx.broker.promotion.promoted()
     records = ctx.broker.promotion.all()
     items = [_info(ctx, v, latest, promoted, records.get(v)) for v in store.versions()]
@@ -116,7 +116,7 @@ def list_adapters(ctx: ApiContext = Depends(get_context)) -> AdapterList:
 def get_adapter(version: VersionRef, ctx: ApiContext = Depends(get_context)) -> AdapterInfo:
     number = _resolve(ctx, version)
     promotion = ctx.broker.promotion
-    return _info(ctx, number, ctx.broker.adapters.latest(), promotion.promoted(), promotion.get(number))
+    return _info(ctx, number, ctx.broker.registry.latest(), promotion.promoted(), promotion.get(number))
 
 
 @router.get(

@@ -4,14 +4,22 @@ Layout of the store root::
 
     v000001/  adapter_config.json  adapter_model.safetensors  manifest.json
     v000002/  ...
-    LATEST                         "2"   (a file, not a symlink: works on shared filesystems)
     .tmp-v000003-<random>/         a publish in progress (or one that crashed): ignored
 
 Publishing writes everything into a temp dir inside the root, fsyncs, renames it to
-its final name in one ``os.rename``, then moves ``LATEST`` by temp file + rename,
-then notifies the registry. A reader therefore sees either the old version or the
-complete new one, never half a directory. Readers resolve ``LATEST`` and verify the
-safetensors sha256 against the manifest; a version dir without a manifest is ignored.
+its final name in one ``os.rename`` (the commit point), then notifies the registry. A
+reader therefore sees either the old version or the complete new one, never half a
+directory. Readers verify the safetensors sha256 against the manifest; a version dir
+without a manifest is ignored.
+
+One source of truth for "the latest adapter": the store holds the *files*; which
+version the fleet knows about is the Redis registry's (``broker.registry.latest()``,
+moved by every publish through the notifier), and which version generators serve is
+the promotion store's (``broker.promotion.promoted()``). The store keeps no pointer
+file of its own (the ``LATEST`` file of earlier versions is gone; one left in an old
+store is ignored): ``latest()`` here is only the newest complete directory, which a
+restarted learner uses to resume its numbering, and ``next_version()`` counts past
+every directory present, so numbers never repeat across restarts.
 
 Version 0 means "the base model, no adapter"; the first published version is 1.
 """
@@ -36,7 +44,6 @@ from pydantic import BaseModel, ConfigDict, Field
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MANIFEST = "manifest.json"
-LATEST = "LATEST"
 LOCK = ".publish.lock"
 TMP_PREFIX = ".tmp-"
 REQUIRED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
@@ -99,7 +106,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class AdapterStore:
-    """Versioned adapter directories under one root, with an atomic ``LATEST`` pointer."""
+    """Versioned adapter directories under one root, each published atomically."""
 
     def __init__(self, root: Path, notifier: AdapterNotifier | None = None) -> None:
         self.root = Path(root)
@@ -113,19 +120,17 @@ class AdapterStore:
         return [v for v in self._version_dirs() if (self.root / version_dirname(v) / MANIFEST).is_file()]
 
     def latest(self) -> int | None:
-        """The version ``LATEST`` points to, or None before the first publish."""
-        try:
-            text = (self.root / LATEST).read_text().strip()
-        except FileNotFoundError:
-            return None
-        try:
-            return int(text)
-        except ValueError as exc:
-            raise AdapterStoreError(f"{self.root / LATEST} holds {text!r}, not a version number") from exc
+        """The newest complete version on disk, or None before the first publish.
+
+        What this store holds, not what the fleet is told: readers that serve or score
+        adapters ask ``broker.registry.latest()`` (published) or ``broker.promotion.promoted()``.
+        """
+        versions = self.versions()
+        return versions[-1] if versions else None
 
     def next_version(self) -> int:
         """One past every version dir present (complete or not), so numbers never repeat."""
-        return max([0, *self._version_dirs(), self.latest() or 0]) + 1
+        return max([0, *self._version_dirs()]) + 1
 
     def manifest(self, version: int) -> AdapterManifest:
         path = self.root / version_dirname(version) / MANIFEST
@@ -173,9 +178,9 @@ class AdapterStore:
         metrics: Mapping[str, float] | None = None,
         parent_version: int | None = None,
     ) -> AdapterManifest:
-        """Publish the PEFT files in ``source_dir`` as the next version and move ``LATEST`` to it.
+        """Publish the PEFT files in ``source_dir`` as the next version, then tell the notifier (the registry).
 
-        ``parent_version`` defaults to the current latest (the adapter training started from).
+        ``parent_version`` defaults to the newest version on disk (the adapter training started from).
         """
         source_dir = Path(source_dir)
         missing = [name for name in REQUIRED_FILES if not (source_dir / name).is_file()]
@@ -210,7 +215,6 @@ class AdapterStore:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
                 raise
             _fsync_dir(self.root)
-            self._write_latest(version)
         if self.notifier is not None:
             self.notifier.announce(manifest)
         return manifest
@@ -234,15 +238,6 @@ class AdapterStore:
             if match and entry.is_dir():
                 found.append(int(match.group(1)))
         return sorted(found)
-
-    def _write_latest(self, version: int) -> None:
-        tmp = self.root / f"{TMP_PREFIX}{LATEST}-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "w") as handle:
-            handle.write(f"{version}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.root / LATEST)
-        _fsync_dir(self.root)
 
     @contextlib.contextmanager
     def _publish_lock(self) -> Iterator[None]:
