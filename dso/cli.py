@@ -70,7 +70,7 @@ def generate(
             stem = f"{src.stem}_s{shape.seed}"
             np.save(out / f"{stem}.npy", shape.occupancy)
             if shape.occupancy.any():
-                export_mesh(shape.mesh, out / f"{stem}.{mesh_format}")
+                export_mesh(shape.mesh, out / f"{stem}.{mesh_format}", y_up=mesh_format == "glb")  # glTF is y-up
             records.append({"image": str(src), "seed": shape.seed, "occupied_voxels": int(shape.occupancy.sum()), "stem": stem})
     (out / "samples.json").write_text(json.dumps(records, indent=2))
     typer.echo(f"wrote {len(records)} samples to {out}")

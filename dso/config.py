@@ -142,9 +142,13 @@ class SimSettings(Section):
     oracle: Literal["standing", "robust_standing"] = "standing"
     robust_tilt_deg: float = Field(5.0, gt=0, lt=45)  # robust_standing: slope of the tilted ground, degrees
     robust_directions: int = Field(4, ge=1, le=64)  # robust_standing: downhill azimuths, evenly spaced from +x
-    # collision geometry: grids -> "boxes" (exact merged voxels); meshes -> "decompose" (CoACD);
+    # collision geometry: grids -> "boxes" (exact merged voxels); meshes -> "solid" (contact on the mesh's convex
+    # hull, mass from its voxelised solid: dso/sim/solid.py); "decompose" = CoACD convex parts (meshes, slow);
     # "hull" = one convex hull for collision AND mass (the paper's single-hull behaviour)
     mode: Literal["boxes", "decompose", "hull"] = "boxes"
+    mesh_voxels: int = Field(128, ge=8, le=512)  # meshes: voxels along the longest side for the solid's mass
+    mesh_up: Literal["auto", "z", "y"] = "auto"  # meshes' up axis; auto: y for .glb/.gltf (glTF is y-up), else z
+    mesh_scale: float = Field(1.0, gt=0)  # metres per mesh unit (0.001 for millimetres), times object_scale
     # s; 5 ms with implicitfast agreed 100 % with the 0.25 ms / 20 s reference (docs/benchmarks.md)
     timestep: float = Field(0.005, gt=0)
     integrator: Literal["euler", "implicitfast", "implicit", "rk4"] = "implicitfast"

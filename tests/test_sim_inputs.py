@@ -121,7 +121,7 @@ def test_unsupported_python_object():
 
 
 def test_mesh_decomposition_is_cached_and_falls_like_physics_says(tmp_path, monkeypatch):
-    settings = SimSettings(cache_dir=tmp_path / "coacd")
+    settings = SimSettings(mode="decompose", cache_dir=tmp_path / "coacd")
     first = simulate(gamma_mesh(), settings)
     assert first.status == SimStatus.ok, first.message
     assert first.mode == "decompose" and first.collision_geoms >= 2
@@ -150,14 +150,16 @@ def test_mesh_with_a_small_hole_is_repaired(tmp_path):
     box = trimesh.creation.box([0.2, 0.2, 0.2])
     holed = trimesh.Trimesh(box.vertices, box.faces[1:], process=False)
     assert not holed.is_watertight
-    v = simulate(holed, SimSettings(cache_dir=tmp_path))
+    v = simulate(holed, SimSettings(mode="decompose", cache_dir=tmp_path))
     assert v.status == SimStatus.ok and v.mass == pytest.approx(8.0)
+    v = simulate(holed)  # the default mesh path caps it too, and weighs the voxel solid
+    assert v.status == SimStatus.ok and v.mode == "solid" and v.mass == pytest.approx(8.0, rel=0.02)
 
 
 def test_open_mesh_is_rejected_for_decomposition_but_hull_works(tmp_path):
     sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.2)
     open_bowl = trimesh.Trimesh(sphere.vertices, sphere.faces[sphere.triangles_center[:, 2] < 0.15])
-    assert_invalid(simulate(open_bowl, SimSettings(cache_dir=tmp_path)), "not watertight", "--mode hull")
+    assert_invalid(simulate(open_bowl, SimSettings(mode="decompose", cache_dir=tmp_path)), "not watertight", "--mode hull")
     assert simulate(open_bowl, SimSettings(mode="hull")).status == SimStatus.ok
 
 

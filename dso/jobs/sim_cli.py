@@ -19,6 +19,12 @@ class ModeChoice(str, Enum):
     hull = "hull"
 
 
+class UpChoice(str, Enum):
+    auto = "auto"
+    z = "z"
+    y = "y"
+
+
 def format_verdict(path: str, verdict: Verdict) -> str:
     """One human-readable line per input."""
     if verdict.status != SimStatus.ok:
@@ -32,21 +38,42 @@ def format_verdict(path: str, verdict: Verdict) -> str:
     )
 
 
-def settings_for_cli(config: Path | None, mode: ModeChoice | None, workers: int | None) -> SimSettings:
+def settings_for_cli(
+    config: Path | None,
+    mode: ModeChoice | None,
+    workers: int | None,
+    up: UpChoice | None = None,
+    scale: float | None = None,
+) -> SimSettings:
     """SimSettings from the config file (or defaults) with command-line overrides."""
     settings = load_settings(config).sim
-    update = {}
+    update: dict = {}
     if mode is not None:
         update["mode"] = mode.value
     if workers is not None:
         update["workers"] = workers
+    if up is not None:
+        update["mesh_up"] = up.value
+    if scale is not None:
+        update["mesh_scale"] = scale
     return SimSettings.model_validate({**settings.model_dump(), **update})
 
 
 def simulate_command(
     paths: Annotated[list[Path], typer.Argument(help="occupancy grids (.npy, bool N^3, x/y/z z-up) or meshes")],
     json_output: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
-    mode: Annotated[Optional[ModeChoice], typer.Option(help="collision geometry (default from config)")] = None,
+    mode: Annotated[
+        Optional[ModeChoice],
+        typer.Option(help="geometry (default from config): boxes = exact solid (meshes: hull contact, voxel-solid mass); "
+                     "decompose = CoACD (meshes, slow); hull = the paper's single hull"),
+    ] = None,
+    up: Annotated[
+        Optional[UpChoice],
+        typer.Option(help="meshes' up axis (sim.mesh_up): auto = y for .glb/.gltf (glTF is y-up), z otherwise"),
+    ] = None,
+    scale: Annotated[
+        Optional[float], typer.Option(min=0.0, help="metres per mesh unit (sim.mesh_scale), e.g. 0.001 for mm")
+    ] = None,
     workers: Annotated[Optional[int], typer.Option(help="worker processes; 0 = one per core")] = None,
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="YAML config (a path, or a name under configs/), section `sim`")
@@ -57,7 +84,7 @@ def simulate_command(
     Exit status is 0 when every input was simulated (status ok), 1 otherwise.
     """
     try:
-        settings = settings_for_cli(config, mode, workers)
+        settings = settings_for_cli(config, mode, workers, up, scale)
     except (FileNotFoundError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--config") from exc
     from dso.sim.batch import label_batch  # MuJoCo loads only when the command runs

@@ -79,10 +79,38 @@ def load_mesh(path: Path) -> trimesh.Trimesh:
     return mesh
 
 
-def resolve_input(item: SimInput, max_grid_side: int | None = None) -> np.ndarray | trimesh.Trimesh:
-    """Turn any accepted input into an occupancy array (bool) or a Trimesh (grids up to ``max_grid_side``)."""
+# glTF's frame is +Y up (the spec); a turn of +90 deg about x takes it to our +Z up: (x, y, z) -> (x, -z, y)
+Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+Y_UP_SUFFIXES = frozenset({".glb", ".gltf"})
+
+
+def mesh_up_axis(mesh_up: str, suffix: str | None) -> str:
+    """"z" or "y": ``mesh_up`` ("auto" -> "y" for glTF files, whose spec is y-up; "z" for anything else)."""
+    if mesh_up == "auto":
+        return "y" if suffix in Y_UP_SUFFIXES else "z"
+    if mesh_up not in ("y", "z"):
+        raise ValueError(f"mesh_up must be auto, z or y; got {mesh_up!r}")
+    return mesh_up
+
+
+def to_z_up(mesh: trimesh.Trimesh, up: str) -> trimesh.Trimesh:
+    """The mesh in our z-up frame (a y-up mesh is turned, a z-up one returned as is)."""
+    if up == "z":
+        return mesh
+    turned = mesh.copy()
+    turned.apply_transform(Y_UP_TO_Z_UP)
+    return turned
+
+
+def resolve_input(
+    item: SimInput, max_grid_side: int | None = None, mesh_up: str = "z"
+) -> np.ndarray | trimesh.Trimesh:
+    """Turn any accepted input into an occupancy array (bool) or a z-up Trimesh (grids up to ``max_grid_side``).
+
+    ``mesh_up`` is the up axis of meshes (``sim.mesh_up``): "z", "y", or "auto" (y for .glb / .gltf files).
+    """
     if isinstance(item, trimesh.Trimesh):
-        return item
+        return to_z_up(item, mesh_up_axis(mesh_up, None))
     if isinstance(item, (str, Path)):
         path = Path(item)
         if not path.is_file():
@@ -91,7 +119,7 @@ def resolve_input(item: SimInput, max_grid_side: int | None = None) -> np.ndarra
         if suffix in GRID_SUFFIXES:
             return load_grid(path, max_grid_side)
         if suffix in MESH_SUFFIXES:
-            return load_mesh(path)
+            return to_z_up(load_mesh(path), mesh_up_axis(mesh_up, suffix))
         raise InvalidInputError(
             f"unknown input type {suffix!r} for {path}; expected .npy or one of {sorted(MESH_SUFFIXES)}"
         )
@@ -103,14 +131,14 @@ def resolve_input(item: SimInput, max_grid_side: int | None = None) -> np.ndarra
     raise InvalidInputError(f"cannot simulate an input of type {type(item).__name__}")
 
 
-def clean_mesh(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
-    """Reject broken meshes, then repair what is cheap to repair (duplicate vertices, holes, winding)."""
+def check_mesh(mesh: trimesh.Trimesh, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse meshes that cannot be simulated at all; return (vertices float64, faces int64), unprocessed."""
     vertices = np.asarray(mesh.vertices, dtype=float)
-    faces = np.asarray(mesh.faces)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
     if len(faces) == 0 or len(vertices) < 4:
         raise InvalidInputError("mesh has no faces (or fewer than 4 vertices)")
     if len(faces) > max_faces:
-        raise InvalidInputError(f"mesh has {len(faces)} faces, more than max_faces={max_faces}")
+        raise InvalidInputError(f"mesh has {len(faces)} faces, more than max_faces={max_faces} (sim.max_faces)")
     if not np.all(np.isfinite(vertices)):
         raise InvalidInputError("mesh has NaN or infinite vertex coordinates")
     if faces.min() < 0 or faces.max() >= len(vertices):
@@ -118,6 +146,12 @@ def clean_mesh(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     extents = np.ptp(vertices[faces.ravel()], axis=0)
     if np.min(extents) <= 1e-9 * max(float(np.max(extents)), 1e-300):
         raise InvalidInputError(f"mesh is flat (extents {extents.tolist()}): zero volume")
+    return vertices, faces
+
+
+def clean_mesh(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
+    """Reject broken meshes, then repair what is cheap to repair (duplicate vertices, holes, winding)."""
+    vertices, faces = check_mesh(mesh, max_faces)
     repaired = trimesh.Trimesh(vertices=vertices, faces=faces, process=True)  # merges duplicate vertices
     repaired.update_faces(repaired.nondegenerate_faces())
     if not repaired.is_watertight:

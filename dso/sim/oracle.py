@@ -104,7 +104,8 @@ def _verdict_from_run(
         stable=stable,
         settle_time_s=run.settle_time,
         stop_reason=run.stop_reason,
-        message=f"{'stable' if stable else 'unstable'}: tilt {tilt:.1f} deg ({run.stop_reason.value})",
+        message=f"{'stable' if stable else 'unstable'}: tilt {tilt:.1f} deg ({run.stop_reason.value})"
+        + (f"; {geometry.note}" if geometry.note else ""),
         elapsed_s=time.perf_counter() - started,
         **common,
     )
@@ -116,7 +117,7 @@ def simulate(item: SimInput, settings: SimSettings | None = None) -> Verdict:
     started = time.perf_counter()
     deadline = started + settings.item_timeout_s
     try:
-        geometry = build_geometry(resolve_input(item, settings.max_grid_side), settings)
+        geometry = build_geometry(resolve_input(item, settings.max_grid_side, settings.mesh_up), settings)
         model = build_model(geometry, settings)
         data = mujoco.MjData(model)
         run = _step_until_settled(model, data, settings, deadline)

@@ -53,7 +53,7 @@ def simulate_robust(item: SimInput, settings: SimSettings | None = None) -> Verd
     started = time.perf_counter()
     deadline = started + settings.item_timeout_s
     try:
-        geometry = build_geometry(resolve_input(item, settings.max_grid_side), settings)
+        geometry = build_geometry(resolve_input(item, settings.max_grid_side, settings.mesh_up), settings)
         model = build_model(geometry, settings)
         g = float(np.linalg.norm(model.opt.gravity))
         worst: tuple[Verdict, float, float] | None = None

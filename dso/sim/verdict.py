@@ -80,7 +80,7 @@ class Verdict(BaseModel):
     position: list[float] | None = None  # final body-frame origin, metres
     quaternion: list[float] | None = None  # final orientation, (w, x, y, z)
     message: str = ""
-    mode: str | None = None  # collision geometry actually used: boxes | decompose | hull
+    mode: str | None = None  # collision geometry actually used: boxes | solid (meshes: hull + voxel-solid mass) | decompose | hull
     collision_geoms: int = 0  # geoms that collide: boxes on hull vertices, convex parts, or 1 hull
     box_count: int = 0  # boxes in the exact partition of a grid (0 for meshes)
     mass: float | None = None  # kg
