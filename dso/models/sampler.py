@@ -7,12 +7,21 @@ warped by ``t' = r t / (1 + (r - 1) t)`` (``rescale_t`` = r > 1 spends more step
 t = 1). Inside ``cfg_interval`` the velocity is ``(1 + w) v_cond - w v_uncond`` with the
 unconditional branch fed ``neg_cond`` (zeros like ``cond`` unless given).
 
+Classifier-free guidance has one implementation, here: :class:`Guidance` (strength and
+interval, from ``SamplerSettings``) and :func:`guided_velocity`. The sampler calls it per
+Euler step; the fine-tuner scores the same guided velocity through ``Guidance.wrap``
+(``dso.learner.flow_matching`` re-exports it), so what is trained is what is sampled.
+The flow path's ``sigma_min`` is one setting too, ``sampler.sigma_min`` (read from and
+written to a model's pipeline.json); the trainer gets it through ``objective.sigma_min``,
+which ``dso.config.Settings`` fills from it.
+
 Randomness lives only in the initial noise: draw it with :func:`draw_noise` and a seeded
 ``torch.Generator``; the sampler itself is deterministic.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -36,6 +45,69 @@ def noisy_latent(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, sigma_m
 def velocity_target(x0: torch.Tensor, noise: torch.Tensor, sigma_min: float) -> torch.Tensor:
     """Velocity the model is trained to predict: ``d x_t / d t = (1 - sigma_min) eps - x0``."""
     return (1 - sigma_min) * noise - x0
+
+
+def guided_velocity(
+    model: VelocityModel,
+    x_t: torch.Tensor,
+    timestep: torch.Tensor,
+    cond: torch.Tensor,
+    neg_cond: torch.Tensor,
+    weight: float | torch.Tensor,
+    batched: bool = True,
+) -> torch.Tensor:
+    """CFG: ``v_cond + w (v_cond - v_uncond)`` (= ``(1 + w) v_cond - w v_uncond``), the unconditional branch fed ``neg_cond``.
+
+    ``timestep`` is what the model sees (``t * TIMESTEP_SCALE``, ``[B]``); ``weight`` is ``w``:
+    one number, or one per sample (``[B]``, 0 where guidance is off). ``batched``: one forward
+    for both branches (faster, twice the activations) instead of two.
+    """
+    if batched:
+        both = model(torch.cat([x_t, x_t]), torch.cat([timestep, timestep]), torch.cat([cond, neg_cond]))
+        v_cond, v_uncond = both.chunk(2)
+    else:
+        v_cond = model(x_t, timestep, cond)
+        v_uncond = model(x_t, timestep, neg_cond)
+    if isinstance(weight, torch.Tensor):
+        weight = weight.to(v_cond.dtype).view(-1, *([1] * (v_cond.dim() - 1)))
+    return v_cond + weight * (v_cond - v_uncond)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance of strength ``w`` inside ``interval`` of t (both ends included, as in TRELLIS).
+
+    The sampler applies it at every Euler step; the fine-tuner scores the velocity samples actually
+    follow with :meth:`wrap`. Fine-tuning the conditional branch alone on guided samples pulls it toward
+    the already-guided outputs, and sampling then extrapolates a second time; scoring the guided
+    velocity trains what is sampled.
+    """
+
+    strength: float
+    interval: tuple[float, float] = (0.0, 1.0)
+
+    @classmethod
+    def from_settings(cls, settings: SamplerSettings) -> Guidance:
+        return cls(float(settings.cfg_strength), (float(settings.cfg_interval[0]), float(settings.cfg_interval[1])))
+
+    def active(self, t: float) -> bool:
+        """Whether guidance applies at time ``t`` in [0, 1]."""
+        lo, hi = self.interval
+        return self.strength > 0 and lo <= t <= hi
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        """``w`` per sample of ``t`` (``[B]`` in [0, 1]): the strength inside the interval, 0 outside."""
+        lo, hi = self.interval
+        return self.strength * ((t >= lo) & (t <= hi)).float()
+
+    def wrap(self, model: VelocityModel) -> VelocityModel:
+        """A velocity model returning the guided velocity (one batched call for both branches, zeros as neg_cond)."""
+
+        def guided(x_t: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            weight = self.weight(timestep.float() / TIMESTEP_SCALE)
+            return guided_velocity(model, x_t, timestep, cond, torch.zeros_like(cond), weight)
+
+        return guided
 
 
 def rescaled_timesteps(steps: int, rescale_t: float) -> list[float]:
@@ -72,6 +144,7 @@ class FlowEulerSampler:
         lo, hi = self.settings.cfg_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"cfg_interval must satisfy 0 <= lo <= hi <= 1, got {self.settings.cfg_interval}")
+        self.guidance = Guidance.from_settings(self.settings)
 
     def timesteps(self) -> list[float]:
         """The time grid, from 1 to 0, ``steps + 1`` entries."""
@@ -79,28 +152,22 @@ class FlowEulerSampler:
 
     def guidance_active(self, t: float) -> bool:
         """Whether CFG applies at time ``t`` (both interval ends included, as in TRELLIS)."""
-        lo, hi = self.settings.cfg_interval
-        return self.settings.cfg_strength > 0 and lo <= t <= hi
+        return self.guidance.active(t)
 
     @staticmethod
-    def _call(model: VelocityModel, x_t: torch.Tensor, t: float, cond: torch.Tensor) -> torch.Tensor:
-        t_batch = torch.full((x_t.shape[0],), t * TIMESTEP_SCALE, device=x_t.device, dtype=torch.float32)
-        return model(x_t, t_batch, cond)
+    def _timestep(x_t: torch.Tensor, t: float) -> torch.Tensor:
+        return torch.full((x_t.shape[0],), t * TIMESTEP_SCALE, device=x_t.device, dtype=torch.float32)
 
     def velocity(
         self, model: VelocityModel, x_t: torch.Tensor, t: float, cond: torch.Tensor, neg_cond: torch.Tensor
     ) -> torch.Tensor:
         """Guided velocity at time ``t``: CFG inside the interval, plain conditional outside."""
+        timestep = self._timestep(x_t, t)
         if not self.guidance_active(t):
-            return self._call(model, x_t, t, cond)
-        w = self.settings.cfg_strength
-        if self.settings.cfg_batched:
-            both = self._call(model, torch.cat([x_t, x_t]), t, torch.cat([cond, neg_cond]))
-            v_cond, v_uncond = both.chunk(2)
-        else:
-            v_cond = self._call(model, x_t, t, cond)
-            v_uncond = self._call(model, x_t, t, neg_cond)
-        return (1 + w) * v_cond - w * v_uncond
+            return model(x_t, timestep, cond)
+        return guided_velocity(
+            model, x_t, timestep, cond, neg_cond, self.guidance.strength, batched=self.settings.cfg_batched
+        )
 
     @torch.no_grad()
     def sample(
