@@ -110,6 +110,8 @@ class SamplerSettings(Section):
     cfg_strength: float = Field(7.5, ge=0.0)
     cfg_interval: tuple[float, float] = (0.5, 1.0)  # CFG applied where lo <= t <= hi
     rescale_t: float = Field(3.0, gt=0.0)  # grid warp t' = r t / (1 + (r - 1) t); 1 = uniform
+    # The flow path's sigma_min (x_t = (1 - t) x0 + (sigma_min + (1 - sigma_min) t) eps): the one setting the
+    # sampler, a model's pipeline.json and the trainer (through objective.sigma_min, filled from it) share.
     sigma_min: float = Field(1e-5, ge=0.0, lt=1.0)
     cfg_batched: bool = True  # one forward for cond + uncond (faster, 2x activation memory)
 
@@ -170,7 +172,7 @@ class SimSettings(Section):
     # body only on its hull, so the support polygon is unchanged in every pose (exact, and fast)
     prune_collision_boxes: bool = True
     object_scale: float = Field(1.0, gt=0)  # metres spanned by the unit cube [-0.5, 0.5]^3 / mesh unit
-    max_faces: int = Field(200_000, gt=0)  # larger meshes are rejected as invalid_input
+    max_faces: int = Field(1_000_000, gt=0)  # larger meshes are rejected as invalid_input (solid path: ~linear in faces)
     min_voxels: int = Field(2, ge=1)  # grids with fewer occupied voxels are specks, not objects
     # larger grids (N^3, N > this) are rejected as invalid_input; a .npy is checked from its header, before
     # reading (TRELLIS's grids are 64^3; 1000^3 would be 4 GB read to say it cannot be simulated)
@@ -289,7 +291,9 @@ class ObjectiveSettings(Section):
     guided: bool = True
     t_logit_mean: float = 1.0  # logit-normal t, as in the paper's code
     t_logit_std: float = 1.0
-    sigma_min: float = 1e-5  # TRELLIS flow path
+    # Not a setting: a copy of sampler.sigma_min that Settings fills in for the trainer (the flow path is the
+    # model's; set sampler.sigma_min). Left out of dumps; a differing value in a config is refused.
+    sigma_min: float = Field(1e-5, ge=0.0, lt=1.0, exclude=True)
     cond_drop_prob: float = 0.1  # classifier-free guidance dropout (pretraining / SFT)
 
 
@@ -570,6 +574,18 @@ class Settings(Section):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # web console + sample endpoints (dso.api)
     canary: CanarySettings = Field(default_factory=CanarySettings)  # scores every candidate adapter
     gate: GateSettings = Field(default_factory=GateSettings)  # which candidates are promoted
+
+    @model_validator(mode="after")
+    def _one_sigma_min(self) -> Settings:
+        """One ``sigma_min``: ``sampler.sigma_min``; ``objective.sigma_min`` is its copy for the trainer."""
+        if "sigma_min" in self.objective.model_fields_set and self.objective.sigma_min != self.sampler.sigma_min:
+            raise ValueError(
+                f"objective.sigma_min ({self.objective.sigma_min}) is not a setting: the flow path's sigma_min is "
+                f"sampler.sigma_min ({self.sampler.sigma_min}); set that instead"
+            )
+        if self.objective.sigma_min != self.sampler.sigma_min:
+            self.objective.sigma_min = self.sampler.sigma_min
+        return self
 
 
 ENV_PREFIX = "DSO__"

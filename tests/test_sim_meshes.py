@@ -1,0 +1,186 @@
+"""Meshes as real assets come: open, overlapping, inverted, degenerate, huge, y-up -- each gets a verdict or a clear error.
+
+The default mesh path (``mode: boxes`` -> verdict mode ``solid``) takes contact from the convex hull and the mass
+from the voxelised solid (dso/sim/solid.py); these tests hold it to analytic values.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import trimesh
+
+from dso.config import SimSettings
+from dso.models.mesh import export_mesh
+from dso.sim import simulate
+from dso.sim.verdict import SimStatus, Verdict
+
+VOXELS = SimSettings().mesh_voxels
+
+
+def box(lo, hi) -> trimesh.Trimesh:
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    mesh = trimesh.creation.box(hi - lo)
+    mesh.apply_translation((lo + hi) / 2)
+    return mesh
+
+
+def union_of(*boxes: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Overlapping boxes as one triangle soup: several components, internal faces, not a valid solid."""
+    return trimesh.util.concatenate(list(boxes))
+
+
+def assert_ok(verdict: Verdict) -> Verdict:
+    assert verdict.status == SimStatus.ok, verdict.message
+    assert verdict.mode == "solid"
+    assert f"solid by voxel flood fill at {VOXELS}^3" in verdict.message
+    return verdict
+
+
+def voxel_of(size: float) -> float:
+    return size / VOXELS
+
+
+# --- what real assets look like -----------------------------------------------------------------
+
+
+def test_box_missing_a_face_is_capped_and_weighs_the_full_box():
+    full = box([0, 0, 0], [0.3, 0.2, 0.4])
+    top = full.face_normals[:, 2] > 0.9
+    open_box = trimesh.Trimesh(full.vertices, full.faces[~top], process=False)
+    assert not open_box.is_watertight
+    v = assert_ok(simulate(open_box))
+    assert v.stable
+    assert v.mass == pytest.approx(1000 * 0.3 * 0.2 * 0.4, rel=0.03)
+    assert "% of edges open" in v.message and "capping small holes" in v.message
+
+
+def test_cup_solid_is_walls_and_bottom_not_the_filled_interior():
+    """A cup of five overlapping boxes: the flood fill enters the open top, so the cavity is not solid."""
+    t = 0.02
+    cup = union_of(
+        box([0, 0, 0], [0.2, 0.2, t]),  # bottom
+        box([0, 0, 0], [0.2, t, 0.2]),  # walls overlap the bottom: internal faces
+        box([0, 0.2 - t, 0], [0.2, 0.2, 0.2]),
+        box([0, 0, 0], [t, 0.2, 0.2]),
+        box([0.2 - t, 0, 0], [0.2, 0.2, 0.2]),
+    )
+    v = assert_ok(simulate(cup))
+    volume = 0.2 * 0.2 * 0.2 - (0.2 - 2 * t) ** 2 * (0.2 - t)
+    com_z = (0.2 * 0.2 * 0.2 * 0.1 - (0.2 - 2 * t) ** 2 * (0.2 - t) * (t + (0.2 - t) / 2)) / volume
+    assert v.mass == pytest.approx(1000 * volume, rel=0.05)  # the filled cup would weigh 8 kg
+    assert v.com[2] == pytest.approx(com_z, abs=voxel_of(0.2))
+    assert v.stable
+
+
+def test_several_separate_components_weigh_their_sum():
+    pair = union_of(box([0, 0, 0], [0.1, 0.1, 0.1]), box([0.3, 0, 0], [0.4, 0.1, 0.1]))
+    v = assert_ok(simulate(pair))
+    assert v.mass == pytest.approx(2.0, rel=0.03)
+    assert v.com[0] == pytest.approx(0.2, abs=voxel_of(0.4))  # placed on the ground, x and y as given
+    assert v.stable
+
+
+def test_inverted_normals_change_nothing():
+    straight = box([0, 0, 0], [0.2, 0.2, 0.3])
+    inverted = trimesh.Trimesh(straight.vertices, straight.faces[:, ::-1], process=False)
+    assert inverted.volume < 0
+    a, b = assert_ok(simulate(straight)), assert_ok(simulate(inverted))
+    assert a.mass == pytest.approx(b.mass) and a.com == pytest.approx(b.com)
+    assert a.mass == pytest.approx(12.0, rel=0.03) and b.stable
+
+
+def test_zero_area_faces_are_harmless():
+    solid = box([0, 0, 0], [0.2, 0.2, 0.2])
+    faces = np.vstack([solid.faces, [[0, 0, 1], [2, 2, 2], [3, 4, 3]]])
+    v = assert_ok(simulate(trimesh.Trimesh(solid.vertices, faces, process=False)))
+    assert v.mass == pytest.approx(8.0, rel=0.03)
+
+
+def test_collinear_and_coplanar_points_are_invalid_input_with_a_clear_reason():
+    t = np.linspace(0, 1, 6)
+    line = trimesh.Trimesh(np.stack([t, 2 * t, 3 * t], axis=1), [[0, 1, 2], [2, 3, 4], [3, 4, 5]], process=False)
+    v = simulate(line)
+    assert v.status == SimStatus.invalid_input and "collinear or coplanar" in v.message
+    tilted_sheet = trimesh.Trimesh([[0, 0, 0], [1, 0, 1], [1, 1, 1], [0, 1, 0]], [[0, 1, 2], [0, 2, 3]], process=False)
+    v = simulate(tilted_sheet)
+    assert v.status == SimStatus.invalid_input and "no volume" in v.message
+
+
+def test_huge_mesh_gets_a_verdict_and_past_max_faces_the_documented_refusal():
+    sphere = trimesh.creation.icosphere(subdivisions=7, radius=0.2)  # 327,680 faces
+    assert len(sphere.faces) > 300_000
+    v = assert_ok(simulate(sphere))
+    assert v.stable and v.mass == pytest.approx(1000 * 4 / 3 * np.pi * 0.2**3, rel=0.03)
+    assert v.elapsed_s < SimSettings().item_timeout_s
+    refused = simulate(sphere, SimSettings(max_faces=300_000))
+    assert refused.status == SimStatus.invalid_input
+    assert "327680 faces" in refused.message and "sim.max_faces" in refused.message
+
+
+# --- mass of the real solid, not of its hull ------------------------------------------------------
+
+
+def overhang() -> trimesh.Trimesh:
+    """A heavy foot, a thin post on its edge and a long thin arm on top reaching far past the foot.
+
+    The real solid's centre of mass lies over the foot (x < 0.1); its convex hull fills the wedge
+    under the arm, and the hull's centroid lies past the foot's edge.
+    """
+    return union_of(box([0, 0, 0], [0.1, 0.1, 0.1]), box([0, 0, 0.1], [0.02, 0.1, 0.6]), box([0, 0, 0.58], [0.4, 0.1, 0.6]))
+
+
+def overhang_analytic() -> tuple[float, np.ndarray]:
+    parts = [  # disjoint pieces of the union: (volume, centroid)
+        (0.1 * 0.1 * 0.1, [0.05, 0.05, 0.05]),
+        (0.02 * 0.1 * 0.48, [0.01, 0.05, 0.34]),
+        (0.4 * 0.1 * 0.02, [0.2, 0.05, 0.59]),
+    ]
+    volume = sum(p[0] for p in parts)
+    return volume, sum(p[0] * np.asarray(p[1]) for p in parts) / volume
+
+
+def test_centre_of_mass_of_a_concave_object_matches_its_analytic_value_within_a_voxel():
+    v = assert_ok(simulate(overhang()))
+    volume, com = overhang_analytic()
+    assert v.mass == pytest.approx(1000 * volume, rel=0.08)  # thin 2 cm parts are ~4 voxels thick
+    assert np.allclose(v.com, com, atol=voxel_of(0.6)), (v.com, com)
+
+
+def test_hull_mass_topples_where_the_real_object_stands():
+    hull = simulate(overhang(), SimSettings(mode="hull"))
+    assert hull.status == SimStatus.ok and hull.com[0] > 0.1  # the hull's centroid is past the foot
+    assert not hull.stable
+    real = assert_ok(simulate(overhang()))
+    assert real.com[0] < 0.1 and real.stable
+
+
+# --- files, up axis, scale ------------------------------------------------------------------------
+
+
+def test_glb_written_y_up_is_turned_z_up(tmp_path):
+    z_up, y_up = tmp_path / "overhang.stl", tmp_path / "overhang.glb"
+    export_mesh(overhang(), z_up)
+    export_mesh(overhang(), y_up, y_up=True)
+    a, b = simulate(z_up), simulate(y_up)
+    assert a.stable and b.stable
+    assert b.mass == pytest.approx(a.mass, rel=1e-3) and np.allclose(a.com, b.com, atol=voxel_of(0.6))
+    lying = simulate(y_up, SimSettings(mesh_up="z"))  # read as z-up, the object lies on its side
+    assert lying.com[2] < 0.1
+    assert simulate(y_up, SimSettings(mesh_up="y")).com == pytest.approx(b.com)
+
+
+@pytest.mark.parametrize("suffix", ["obj", "ply", "stl", "glb"])
+def test_every_mesh_format_gives_the_same_verdict(tmp_path, suffix):
+    path = tmp_path / f"overhang.{suffix}"
+    export_mesh(overhang(), path, y_up=suffix == "glb")
+    v = assert_ok(simulate(path))
+    assert v.stable and np.allclose(v.com, overhang_analytic()[1], atol=voxel_of(0.6))
+
+
+def test_mesh_scale_turns_millimetres_into_metres():
+    millimetres = overhang()
+    millimetres.apply_scale(1000.0)
+    v = assert_ok(simulate(millimetres, SimSettings(mesh_scale=0.001)))
+    assert v.mass == pytest.approx(assert_ok(simulate(overhang())).mass, rel=1e-3)
