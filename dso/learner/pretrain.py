@@ -196,7 +196,7 @@ class Pretrainer:
             cond = cond * keep.view(-1, 1, 1)  # dropped condition = zeros, TRELLIS's unconditional branch
             t = fm.sample_t(len(idx), obj.t_logit_mean, obj.t_logit_std, generator=gen)
             noise = torch.randn(x0.shape, generator=gen)
-            loss = fm.per_sample_error(flow, x0, cond, t, noise, obj.sigma_min).mean()
+            loss = fm.per_sample_error(flow, x0, cond, t, noise, self.s.sampler.sigma_min).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, self.p.grad_clip)

@@ -67,7 +67,7 @@ def training_guidance(settings: Settings) -> fm.Guidance | None:
     s = settings.sampler
     if not settings.objective.guided or s.cfg_strength == 0:
         return None
-    return fm.Guidance(s.cfg_strength, (float(s.cfg_interval[0]), float(s.cfg_interval[1])))
+    return fm.Guidance.from_settings(s)
 
 
 def autocast_context(mode: str, device: torch.device):
