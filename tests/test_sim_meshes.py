@@ -7,10 +7,14 @@ from the voxelised solid (dso/sim/solid.py); these tests hold it to analytic val
 from __future__ import annotations
 
 
+import json
+
 import numpy as np
 import pytest
 import trimesh
+from typer.testing import CliRunner
 
+from dso.cli import app
 from dso.config import SimSettings
 from dso.models.mesh import export_mesh
 from dso.sim import simulate
@@ -184,3 +188,51 @@ def test_mesh_scale_turns_millimetres_into_metres():
     millimetres.apply_scale(1000.0)
     v = assert_ok(simulate(millimetres, SimSettings(mesh_scale=0.001)))
     assert v.mass == pytest.approx(assert_ok(simulate(overhang())).mass, rel=1e-3)
+
+
+# --- dso simulate on a folder or a glob: the physical-soundness benchmark -------------------------
+
+
+def generator_outputs(tmp_path):
+    """A folder as a generator leaves it: meshes in several formats, a grid, a broken file, other files."""
+    out = tmp_path / "outputs"
+    (out / "nested").mkdir(parents=True)
+    export_mesh(overhang(), out / "overhang.glb", y_up=True)
+    export_mesh(box([0, 0, 0], [0.2, 0.2, 0.2]), out / "nested" / "cube.obj")
+    arm = union_of(box([0, 0, 0], [0.05, 0.1, 0.6]), box([0, 0, 0.55], [0.5, 0.1, 0.6]))  # falls
+    export_mesh(arm, out / "arm.stl")
+    (out / "broken.ply").write_bytes(b"ply\nnot really")
+    (out / "notes.txt").write_text("not an input")
+    return out
+
+
+def test_folder_gives_jsonl_summary_and_exit_1_when_any_input_failed(tmp_path):
+    out = generator_outputs(tmp_path)
+    jsonl = tmp_path / "verdicts.jsonl"
+    result = CliRunner().invoke(app, ["simulate", str(out), "--jsonl", str(jsonl), "--workers", "1", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert sorted(r["input"].rsplit("/", 1)[1] for r in rows) == ["arm.stl", "broken.ply", "cube.obj", "overhang.glb"]
+    by_name = {r["input"].rsplit("/", 1)[1]: r for r in rows}
+    assert by_name["overhang.glb"]["stable"] and by_name["cube.obj"]["stable"] and not by_name["arm.stl"]["stable"]
+    assert by_name["broken.ply"]["status"] == "invalid_input"
+    assert "summary: 4 input(s), 3 judged; stable 2/3 (66.7 %)" in result.output
+    assert "failures: 1 (invalid_input 1)" in result.output and "1 x invalid_input: cannot read mesh" in result.output
+
+
+def test_glob_and_up_and_scale_options(tmp_path):
+    out = generator_outputs(tmp_path)
+    result = CliRunner().invoke(app, ["simulate", str(out / "**" / "*.obj"), str(out / "*.glb"), "--json", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert [r["input"].rsplit("/", 1)[1] for r in rows] == ["cube.obj", "overhang.glb"]
+    assert all(r["stable"] and r["mode"] == "solid" for r in rows)
+    lying = CliRunner().invoke(app, ["simulate", str(out / "overhang.glb"), "--up", "z", "--scale", "2", "--json"])
+    row = json.loads(lying.output)
+    assert row["com"][2] < 0.2 and row["mass"] == pytest.approx(8 * rows[1]["mass"], rel=1e-3)
+
+
+def test_empty_folder_or_glob_is_a_usage_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert CliRunner().invoke(app, ["simulate", str(tmp_path / "empty")]).exit_code == 2
+    assert CliRunner().invoke(app, ["simulate", str(tmp_path / "*.glb")]).exit_code == 2
