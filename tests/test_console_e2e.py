@@ -4,14 +4,19 @@ Checks what a user sees: the chart has data, adapter markers and the canary's sc
 version, the adapter link and its "promoted vN" label follow the promoted version, the gallery shows
 samples with verdict badges that match the API, the filters work, a sample opens in
 the 3-D view (upright and resting pose), a dropped PNG appears in the prompt list, a
-dropped text file shows the API's own 415 message, the page fits 1280 px and 390 px
-(screenshots under docs/), and a stopped loop or API gives a banner, not a blank page.
+dropped text file shows the API's own 415 message, the page fits 1280 px and 390 px,
+and a stopped loop or API gives a banner, not a blank page.
+
+The screenshots go to the test's temp dir: a test run never rewrites committed files.
+``python scripts/console_screenshots.py`` (which sets ``DSO_WRITE_SCREENSHOTS=1``) writes
+them to docs/console.png and docs/console-mobile.png instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import time
 from pathlib import Path
@@ -52,6 +57,7 @@ pytestmark = [
     ),
 ]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+SCREENSHOTS_ENV = "DSO_WRITE_SCREENSHOTS"  # "1": write the screenshots to docs/ (scripts/console_screenshots.py)
 DESKTOP, MOBILE = 1280, 390
 UI_TIMEOUT_S = 20.0
 THUMBS_LOADED = ("[...document.querySelectorAll('.sample-card img')].every("
@@ -114,7 +120,16 @@ def loop(tmp_path: Path, valkey_server):
         broker.close()
 
 
-def test_console_shows_the_loop_learning(loop):
+def screenshot_dir(tmp_path: Path) -> Path:
+    """docs/ only when asked for with DSO_WRITE_SCREENSHOTS=1; the test's own temp dir otherwise."""
+    if os.environ.get(SCREENSHOTS_ENV) == "1":
+        return DOCS
+    (tmp_path / "screenshots").mkdir(exist_ok=True)
+    return tmp_path / "screenshots"
+
+
+def test_console_shows_the_loop_learning(loop, tmp_path: Path):
+    shots = screenshot_dir(tmp_path)
     broker = loop.broker
     feed_falling_shapes(broker, loop.settings, count=3)
     loop.wait_for(lambda: broker.replay.counts()["unstable"] >= 2 and broker.replay.counts()["stable"] >= 4,
@@ -227,17 +242,17 @@ def test_console_shows_the_loop_learning(loop):
         wait_js(driver, "document.querySelectorAll('.sample-card .badge.stable').length >= 1", what="all cards again")
         set_screen(driver, DESKTOP)
         wait_js(driver, f"document.querySelectorAll('.sample-card').length > 8 && {THUMBS_LOADED}", what="desktop gallery")
-        wide, _ = save_full_page(driver, DOCS / "console.png", DESKTOP, ready_js=THUMBS_LOADED)
+        wide, _ = save_full_page(driver, shots / "console.png", DESKTOP, ready_js=THUMBS_LOADED)
         assert wide <= DESKTOP
         set_screen(driver, MOBILE, mobile=True)
         wait_js(driver, f"document.querySelectorAll('.sample-card').length <= 8 && {THUMBS_LOADED}", what="phone gallery")
-        narrow, _ = save_full_page(driver, DOCS / "console-mobile.png", MOBILE, mobile=True, ready_js=THUMBS_LOADED)
+        narrow, _ = save_full_page(driver, shots / "console-mobile.png", MOBILE, mobile=True, ready_js=THUMBS_LOADED)
         assert narrow <= MOBILE, f"the page is {narrow} px wide on a {MOBILE} px screen"
         columns = driver.execute_script(
             "return getComputedStyle(document.querySelector('.layout')).gridTemplateColumns.split(' ').length")
         assert columns == 1, "one column on a phone"
         for name, width in (("console.png", DESKTOP), ("console-mobile.png", MOBILE)):
-            with Image.open(DOCS / name) as shot:
+            with Image.open(shots / name) as shot:
                 assert shot.width == width and shot.height > 600
 
         # graceful degradation: a stopped loop, then a stopped API, each get a banner, not a blank page
