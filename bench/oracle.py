@@ -1,13 +1,16 @@
 """Benchmark the stability oracle: speed and label agreement of our default vs the paper's configuration.
 
     python bench/oracle.py [--shapes 200] [--quick] [--workers 0] [--no-write]
+    python bench/oracle.py --meshes [--shapes 24] [--mesh-dir DIR] [--real 40]   # the "### Meshes" part only
 
 On the same shapes (procedural objects and noisy variants) it measures, for
 the default settings and the paper's (single hull, Euler, 1 ms, fixed 10 s):
 shapes/s on one core (in-process, serial) and on all cores (process pool),
 p50/p95 latency per shape, and label agreement with a high-fidelity reference
 (exact boxes, 0.25 ms steps, fixed 20 s, run on all cores). Results go to
-docs/benchmarks.md, section "## Stability oracle".
+docs/benchmarks.md, section "## Stability oracle"; ``--meshes`` runs the mesh part instead
+(bench/oracle_meshes.py: default mesh path vs the paper's hull on procedural and real meshes)
+and writes its "### Meshes" subsection, which a grid run keeps.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dso.sim.batch import OraclePool  # noqa: E402
 from dso.sim.oracle import simulate  # noqa: E402
 from dso.sim.presets import paper_settings, reference_settings  # noqa: E402
 from dso.sim.verdict import SimStatus, Verdict  # noqa: E402
+from benchdocs import keep_subsection, write_subsection  # noqa: E402
 from benchdocs import write_section as write_section_in  # noqa: E402
 
 SECTION = "## Stability oracle"
@@ -74,7 +78,27 @@ def agreement(verdicts: list[Verdict], reference: list[Verdict]) -> tuple[float,
 
 
 def write_section(path: Path, body: str) -> None:
-    write_section_in(path, SECTION, body)
+    """Rewrite the section, carrying over the mesh part (written by ``--meshes`` runs)."""
+    import oracle_meshes
+
+    meshes = keep_subsection(path, SECTION, oracle_meshes.SUBSECTION)
+    write_section_in(path, SECTION, body.rstrip("\n") + "\n" + ("\n" + meshes if meshes else ""))
+
+
+def main_meshes(args, argv: list[str] | None) -> int:
+    """``--meshes``: the mesh part of the bench, written to the "### Meshes" subsection."""
+    import oracle_meshes
+
+    load_before = os.getloadavg()[0]
+    workers = args.workers or (os.cpu_count() or 1)
+    shapes, _ = bench_shapes(args.shapes, seed=args.seed)
+    result = oracle_meshes.run(shapes, args.mesh_dir, args.real, workers)
+    command = "python bench/oracle.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    body = oracle_meshes.section_body(result, command.strip(), args.mesh_dir, workers, (load_before, os.getloadavg()[0]))
+    if not args.no_write:
+        write_subsection(args.output, SECTION, oracle_meshes.SUBSECTION, body)
+        print(f"wrote {args.output}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-reference", action="store_true", help="reference collides every box (slow)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--meshes", action="store_true", help="run the mesh part (### Meshes) instead of the grids")
+    parser.add_argument("--mesh-dir", type=Path, default=None, help="--meshes: a folder of real meshes (e.g. pybullet_data)")
+    parser.add_argument("--real", type=int, default=40, help="--meshes: how many meshes from --mesh-dir (default 40)")
     args = parser.parse_args(argv)
+    if args.meshes:
+        if "--shapes" not in (argv or sys.argv):
+            args.shapes = 24
+        return main_meshes(args, argv)
     count = 24 if args.quick and "--shapes" not in (argv or sys.argv) else args.shapes
     workers = args.workers or (os.cpu_count() or 1)
 
