@@ -156,12 +156,18 @@ def _hull_vertices(points: np.ndarray, what: str) -> np.ndarray:
     )
     candidates = points
     if len(points) > 2000:
-        proj = directions @ points.T  # (13, n): argmax along contiguous rows
+        centre = points.mean(axis=0)
+        flat = np.ascontiguousarray((points - centre).T, dtype=np.float32)  # (3, n)
+        proj = directions.astype(np.float32) @ flat  # (13, n): argmax along contiguous rows
         extremes = points[np.unique(np.r_[proj.argmin(axis=1), proj.argmax(axis=1)])]
         try:
-            inner = ConvexHull(extremes)
-            slack = 1e-9 * float(np.ptp(points, axis=0).max())
-            inside = np.all(inner.equations[:, :3] @ points.T + inner.equations[:, 3:4] < -slack, axis=0)
+            inner = ConvexHull(extremes - centre)
+            # strictly inside the hull of extreme points (with a margin for float32): never a hull vertex
+            slack = 1e-5 * float(np.ptp(points, axis=0).max())
+            margin = inner.equations[:, 3:4].astype(np.float32) + np.float32(slack)
+            inside = np.ones(len(points), dtype=bool)
+            for normal, offset in zip(inner.equations[:, :3].astype(np.float32), margin):
+                inside &= normal @ flat < -offset
             candidates = points[~inside]
         except (QhullError, ValueError):
             pass  # too few distinct extremes: let the full hull decide
@@ -243,11 +249,6 @@ def mesh_geometry(mesh: trimesh.Trimesh, settings: SimSettings, mode: str) -> Co
     """Hull contact with the voxel solid's mass, CoACD parts (exact solid mass) or one hull (hull mass), z-up mesh."""
     if mode == "solid":
         vertices, faces = check_mesh(mesh, settings.max_faces)
-        used = np.zeros(len(vertices), dtype=bool)
-        used[faces.ravel()] = True
-        if not used.all():  # unreferenced vertices (common in OBJ files) are not part of the object
-            remap = np.cumsum(used) - 1
-            vertices, faces = vertices[used], remap[faces]
         vertices = vertices * (settings.object_scale * settings.mesh_scale)
         vertices = vertices - np.array([0.0, 0.0, vertices[:, 2].min()])
         return solid_mesh_geometry(vertices, faces, settings)

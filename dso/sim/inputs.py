@@ -132,7 +132,7 @@ def resolve_input(
 
 
 def check_mesh(mesh: trimesh.Trimesh, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """Refuse meshes that cannot be simulated at all; return (vertices float64, faces int64), unprocessed."""
+    """Refuse meshes that cannot be simulated at all; return (vertices float64, faces int64), unreferenced vertices dropped."""
     vertices = np.asarray(mesh.vertices, dtype=float)
     faces = np.asarray(mesh.faces, dtype=np.int64)
     if len(faces) == 0 or len(vertices) < 4:
@@ -143,7 +143,11 @@ def check_mesh(mesh: trimesh.Trimesh, max_faces: int) -> tuple[np.ndarray, np.nd
         raise InvalidInputError("mesh has NaN or infinite vertex coordinates")
     if faces.min() < 0 or faces.max() >= len(vertices):
         raise InvalidInputError("mesh faces index vertices that do not exist")
-    extents = np.ptp(vertices[faces.ravel()], axis=0)
+    used = np.zeros(len(vertices), dtype=bool)
+    used[faces.ravel()] = True
+    if not used.all():  # unreferenced vertices (common in OBJ files) are not part of the object: drop them
+        vertices, faces = vertices[used], (np.cumsum(used) - 1)[faces]
+    extents = np.ptp(vertices, axis=0)
     if np.min(extents) <= 1e-9 * max(float(np.max(extents)), 1e-300):
         raise InvalidInputError(f"mesh is flat (extents {extents.tolist()}): zero volume")
     return vertices, faces

@@ -64,21 +64,20 @@ def _mark(surface: np.ndarray, points: np.ndarray, origin: np.ndarray, voxel: fl
 
 def surface_cells(vertices: np.ndarray, faces: np.ndarray, surface: np.ndarray, origin: np.ndarray, voxel: float) -> None:
     """Mark every cell of ``surface`` that a sample of a triangle falls in (samples < 0.7 voxel apart)."""
-    tris = vertices[faces]  # (F, 3, 3)
-    edges = np.stack([tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 1], tris[:, 0] - tris[:, 2]], axis=1)
-    longest = np.sqrt((edges**2).sum(axis=2).max(axis=1))
-    k = np.maximum(1, np.ceil(longest / (_SAMPLE_SPACING * voxel))).astype(np.int64)
-    small = k == 1  # its corners are samples enough
-    _mark(surface, vertices[np.unique(faces[small])] if small.any() else np.zeros((0, 3)), origin, voxel)
-    big = np.flatnonzero(~small)
+    _mark(surface, vertices, origin, voxel)  # every vertex is on some face (check_mesh drops the others)
+    tris = vertices[faces].astype(np.float32)  # (F, 3, 3)
+    # the longest edge is at most the diagonal of the triangle's bounding box: sample by that
+    diagonal = np.sqrt(np.square(tris.max(axis=1) - tris.min(axis=1)).sum(axis=1))
+    big = np.flatnonzero(diagonal > _SAMPLE_SPACING * voxel)  # smaller ones: their corners are samples enough
     if len(big) == 0:
         return
-    for level in np.unique(k[big]):
-        which = big[k[big] == level]
+    k = np.ceil(diagonal[big] / (_SAMPLE_SPACING * voxel)).astype(np.int64)
+    for level in np.unique(k):
+        which = big[k == level]
         bary = _barycentric_lattice(int(level))
         per_chunk = max(1, _CHUNK_POINTS // len(bary))
         for start in range(0, len(which), per_chunk):
-            chunk = tris[which[start:start + per_chunk]]  # (f, 3 corners, 3)
+            chunk = tris[which[start:start + per_chunk]].astype(np.float64)  # (f, 3 corners, 3)
             corners = chunk.transpose(1, 0, 2).reshape(3, -1)  # (3 corners, f * 3)
             _mark(surface, (bary @ corners).reshape(-1, 3), origin, voxel)
 
@@ -133,17 +132,24 @@ def voxel_solid(vertices: np.ndarray, faces: np.ndarray, resolution: int) -> Vox
 
 def open_edge_fraction(vertices: np.ndarray, faces: np.ndarray) -> float:
     """Share of edges used by exactly one face, vertices merged where they coincide (to 1e-6 of the size)."""
+    indexed = _open_share(faces, len(vertices))
+    if indexed == 0:  # closed as indexed: no need to merge coincident vertices
+        return 0.0
     lo = vertices.min(axis=0)
     size = float(np.ptp(vertices, axis=0).max()) or 1.0
     q = np.round((vertices - lo) / size * 1e6).astype(np.int64)
     codes = (q[:, 0] << 42) | (q[:, 1] << 21) | q[:, 2]
     _, merged = np.unique(codes, return_inverse=True)
-    f = merged.reshape(-1)[faces]
+    return _open_share(merged.reshape(-1)[faces], int(merged.max()) + 1)
+
+
+def _open_share(f: np.ndarray, vertex_count: int) -> float:
+    """Share of the distinct edges of faces ``f`` (vertex indices) used by exactly one face."""
     a = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
     b = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
     keep = a != b
     lo_e, hi_e = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
-    edge = lo_e * (int(merged.max()) + 1) + hi_e
+    edge = lo_e * vertex_count + hi_e
     edge.sort()
     if len(edge) == 0:
         return 1.0
