@@ -236,3 +236,14 @@ def test_empty_folder_or_glob_is_a_usage_error(tmp_path):
     (tmp_path / "empty").mkdir()
     assert CliRunner().invoke(app, ["simulate", str(tmp_path / "empty")]).exit_code == 2
     assert CliRunner().invoke(app, ["simulate", str(tmp_path / "*.glb")]).exit_code == 2
+
+
+def test_a_generator_sample_that_carries_only_a_mesh_goes_through_the_same_contract():
+    from dso.sim import make_oracle
+
+    class MeshSample:  # a stage-2 / mesh generator's output: no occupancy grid
+        occupancy = None
+        mesh = overhang()
+
+    v = make_oracle(SimSettings()).simulate(MeshSample())
+    assert v.status == SimStatus.ok and v.mode == "solid" and v.stable

@@ -14,7 +14,7 @@ from dso.sim.errors import InvalidInputError
 MESH_SUFFIXES = frozenset({".glb", ".gltf", ".obj", ".ply", ".stl", ".off"})
 GRID_SUFFIXES = frozenset({".npy"})
 
-# Anything simulate() accepts: a grid, a mesh, a file path, or an object with `.occupancy`.
+# Anything simulate() accepts: a grid, a mesh, a file path, or an object with `.occupancy` (or only a `.mesh`).
 SimInput = Union[np.ndarray, trimesh.Trimesh, str, Path, Any]
 
 
@@ -128,6 +128,9 @@ def resolve_input(
     occupancy = getattr(item, "occupancy", None)
     if occupancy is not None:
         return as_occupancy(occupancy, max_grid_side)
+    mesh = getattr(item, "mesh", None)  # a generator that emits meshes (no grid): the same contract
+    if isinstance(mesh, trimesh.Trimesh):
+        return to_z_up(mesh, mesh_up_axis(mesh_up, None))
     raise InvalidInputError(f"cannot simulate an input of type {type(item).__name__}")
 
 
