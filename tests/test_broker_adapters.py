@@ -14,7 +14,7 @@ import pytest
 import redis
 from safetensors.numpy import save_file
 
-from dso.broker import AdapterIntegrityError, AdapterRegistry, AdapterStore, AdapterStoreError, KeySpace
+from dso.broker import AdapterIntegrityError, AdapterRegistry, AdapterStore, AdapterStoreError, Broker, KeySpace
 from dso.broker import adapter_store as adapter_store_module
 from dso.broker.adapter_store import sha256_file
 from dso.config import BrokerSettings
@@ -149,3 +149,16 @@ def test_a_stale_latest_file_is_ignored_and_numbering_resumes_from_directories(t
     reopened = AdapterStore(tmp_path / "store")  # a restarted learner's view
     assert reopened.latest() == 2 and reopened.next_version() == 3
     assert reopened.publish(peft_folder(tmp_path / "c", 3), step=3, objective="dro").parent_version == 2
+
+
+def test_opening_the_broker_announces_versions_the_registry_lacks(tmp_path: Path, broker_settings: BrokerSettings) -> None:
+    """A publisher killed between its rename and its announcement, or a registry that lost its data: the
+    files are the record of what exists, so the next broker to open tells the registry (the fleet's pointer)."""
+    store = AdapterStore(broker_settings.resolved_adapter_store_dir)  # no notifier: never announced
+    store.publish(peft_folder(tmp_path / "a", 1), step=1, objective="dro")
+    m2 = store.publish(peft_folder(tmp_path / "b", 2), step=2, objective="dro")
+    with Broker.open(broker_settings) as broker:
+        assert broker.registry.versions() == [1, 2] and broker.registry.latest() == 2
+        assert broker.registry.manifest(2)["sha256"] == m2.sha256
+    with Broker.open(broker_settings) as broker:  # nothing left to announce: no second stream entry
+        assert broker.registry.client.xlen(broker.registry.stream_key) == 2

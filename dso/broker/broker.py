@@ -7,8 +7,8 @@ client and one key prefix.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-
 from typing import Any
 
 from dso.broker.adapter_store import AdapterStore
@@ -24,6 +24,24 @@ from dso.broker.server import BrokerConnection, connect
 from dso.broker.stats import StatsStore
 from dso.broker.streams import WorkQueue
 from dso.config import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+
+def announce_unregistered(adapters: AdapterStore, registry: AdapterRegistry) -> list[int]:
+    """Announce the store's versions the registry lacks, oldest first; returns them.
+
+    The registry is the fleet's record of what is published; this brings it back in line with
+    the files after a publisher died between its rename and its announcement, or after the
+    registry lost its data (a fresh Redis over an old run directory).
+    """
+    known = set(registry.versions())
+    missing = [version for version in adapters.versions() if version not in known]
+    for version in missing:
+        registry.announce(adapters.manifest(version))
+    if missing:
+        log.warning("announced adapter versions %s found in %s but not in the registry", missing, adapters.root)
+    return missing
 
 
 @dataclass
@@ -84,6 +102,8 @@ class Broker:
         for queue in (samples, labelled):
             queue.ensure_group()
         registry = AdapterRegistry(client, keys, settings)
+        adapters = AdapterStore(settings.resolved_adapter_store_dir, notifier=registry)
+        announce_unregistered(adapters, registry)
         return cls(
             settings=settings,
             connection=connection,
@@ -92,7 +112,7 @@ class Broker:
             replay=ReplayBuffer(client, keys, settings),
             prompts=PromptStore(client, keys, settings),
             registry=registry,
-            adapters=AdapterStore(settings.resolved_adapter_store_dir, notifier=registry),
+            adapters=adapters,
             admission=AdmissionControl([samples, labelled], settings.max_backlog),
             stats=StatsStore(client, keys, settings, queues=[samples, labelled], registry=registry),
             promotion=PromotionStore(client, keys),

@@ -3,7 +3,9 @@
 The adapter *files* live in the adapter store (``adapter_store.py``); this registry
 tells the fleet about them and is the one source of truth for the newest *published*
 version (``latest()``; the store keeps no pointer of its own). Which version generators
-*serve* is the promotion store's (``promotion.py``: the canary's decision). Two channels: pub/sub for instant push, and the
+*serve* is the promotion store's (``promotion.py``: the canary's decision).
+``Broker.open`` announces any version whose files are in the store but not here
+(a publisher killed between its rename and its announcement, a registry that lost its data). Two channels: pub/sub for instant push, and the
 ``adapters`` stream, which a generator that was down or missed a message can
 read (or just ask ``latest()``): pub/sub alone drops messages nobody is
 listening to.
