@@ -5,10 +5,12 @@ tells the fleet about them and is the one source of truth for the newest *publis
 version (``latest()``; the store keeps no pointer of its own). Which version generators
 *serve* is the promotion store's (``promotion.py``: the canary's decision).
 ``Broker.open`` announces any version whose files are in the store but not here
-(a publisher killed between its rename and its announcement, a registry that lost its data). Two channels: pub/sub for instant push, and the
-``adapters`` stream, which a generator that was down or missed a message can
-read (or just ask ``latest()``): pub/sub alone drops messages nobody is
-listening to.
+(a publisher killed between its rename and its announcement, a registry that lost
+its data).
+
+Two channels: pub/sub for instant push, and the ``adapters`` stream, which a
+generator that was down or missed a message can read (or just ask ``latest()``):
+pub/sub alone drops messages nobody is listening to.
 """
 
 from __future__ import annotations
