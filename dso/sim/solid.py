@@ -14,7 +14,10 @@ morphological closing). Every cell the outside cannot reach is solid:
 
 so a closed mesh gets its volume within a fraction of a voxel layer, an open
 cup gets its walls and bottom (not the filled interior), and an open sheet gets
-a one-voxel-thick shell. Mass properties come from the weighted cells
+a one-voxel-thick shell. Orientation is never read (inverted or mixed normals are
+common), so a cavity sealed off from the outside (a hollow ball modelled with an
+inner surface) counts as solid, like the overlap of two parts does: telling the two
+apart needs consistent normals (a winding number), which real assets do not promise. Mass properties come from the weighted cells
 (``dso.sim.mass.grid_mass_properties``).
 """
 
