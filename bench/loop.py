@@ -100,13 +100,10 @@ def promoted_times(run_dir: Path, settings: Settings) -> list[tuple[float, int]]
     from dso.broker.broker import Broker
 
     broker_settings = settings.broker.model_copy(update={"run_dir": run_dir, "redis_url": None})
-    from dso.broker.adoptions import AdoptionLog
-    from dso.broker.keys import KeySpace
-
     with Broker.open(broker_settings) as broker:
         records = broker.promotion.all()
         canary = {v: r.model_dump(mode="json") for v, r in records.items()}
-        adopted = sorted({e.version for e in AdoptionLog(broker.connection.client, KeySpace(broker_settings.key_prefix)).events()})
+        adopted = sorted({e.version for e in broker.adoptions.events()})
     promoted = sorted((r["decided_at"], v) for v, r in canary.items() if r["decision"] == "promoted")
     return promoted, canary, adopted
 
