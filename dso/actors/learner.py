@@ -152,7 +152,7 @@ class Learner:
         write_json_atomic(self.checkpoint_dir / STATE_FILE, state)
 
     def publish(self, metrics: dict[str, float]) -> AdapterManifest:
-        """Checkpoint, then publish the adapter as the next version (the store moves LATEST and notifies)."""
+        """Checkpoint, then publish the adapter as the next version (the store writes the files and announces it to the registry)."""
         self.checkpoint()
         finite = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
         manifest = self.broker.adapters.publish(
