@@ -135,15 +135,15 @@ def voxel_solid(vertices: np.ndarray, faces: np.ndarray, resolution: int) -> Vox
 
 def open_edge_fraction(vertices: np.ndarray, faces: np.ndarray) -> float:
     """Share of edges used by exactly one face, vertices merged where they coincide (to 1e-6 of the size)."""
-    indexed = _open_share(faces, len(vertices))
-    if indexed == 0:  # closed as indexed: no need to merge coincident vertices
-        return 0.0
     lo = vertices.min(axis=0)
     size = float(np.ptp(vertices, axis=0).max()) or 1.0
     q = np.round((vertices - lo) / size * 1e6).astype(np.int64)
     codes = (q[:, 0] << 42) | (q[:, 1] << 21) | q[:, 2]
     _, merged = np.unique(codes, return_inverse=True)
-    return _open_share(merged.reshape(-1)[faces], int(merged.max()) + 1)
+    merged = merged.reshape(-1)
+    if merged.max() + 1 == len(vertices):  # no coincident vertices: the faces as indexed
+        return _open_share(faces, len(vertices))
+    return _open_share(merged[faces], int(merged.max()) + 1)
 
 
 def _open_share(f: np.ndarray, vertex_count: int) -> float:
