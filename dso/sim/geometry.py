@@ -147,18 +147,21 @@ def grid_geometry(occupancy: np.ndarray, settings: SimSettings, mode: str) -> Co
 def _hull_vertices(points: np.ndarray, what: str) -> np.ndarray:
     """Vertices of the convex hull of ``points``; collinear or coplanar points are invalid input.
 
-    Points inside the hull of a few extreme points (along 13 directions) are dropped
-    first: they are never hull vertices, and it cuts qhull's input on dense meshes.
+    Up to 30k points: qhull on all of them (exact). More: points inside the hull of a
+    few extreme points (along 13 directions) are dropped first (never hull vertices);
+    if over 30k remain (a dense, nearly convex scan), an inscribed hull from extreme
+    points along spread directions (``_directional_extremes``) stands in. Hulls of
+    over 1000 vertices are thinned the same way, for MuJoCo.
     """
     directions = np.array(
         [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, -1, 0], [1, 0, 1], [1, 0, -1], [0, 1, 1], [0, 1, -1],
          [1, 1, 1], [1, 1, -1], [1, -1, 1], [1, -1, -1]], dtype=float,
     )
     candidates = points
-    if len(points) > 2000:
+    if len(points) > _HULL_EXACT_MAX_POINTS:
         centre = points.mean(axis=0)
         flat = np.ascontiguousarray((points - centre).T, dtype=np.float32)  # (3, n)
-        proj = directions.astype(np.float32) @ flat  # (13, n): argmax along contiguous rows
+        proj = _project(directions, flat)  # (13, n): argmax along contiguous rows
         extremes = points[np.unique(np.r_[proj.argmin(axis=1), proj.argmax(axis=1)])]
         try:
             inner = ConvexHull(extremes - centre)
@@ -167,19 +170,23 @@ def _hull_vertices(points: np.ndarray, what: str) -> np.ndarray:
             margin = inner.equations[:, 3:4].astype(np.float32) + np.float32(slack)
             inside = np.ones(len(points), dtype=bool)
             for normal, offset in zip(inner.equations[:, :3].astype(np.float32), margin):
-                inside &= normal @ flat < -offset
+                inside &= normal[0] * flat[0] + normal[1] * flat[1] + normal[2] * flat[2] < -offset
             candidates = points[~inside]
         except (QhullError, ValueError):
             pass  # too few distinct extremes: let the full hull decide
-    if len(candidates) > _HULL_EXACT_MAX_POINTS:
+    if len(candidates) > _HULL_EXACT_MAX_POINTS:  # e.g. a dense, nearly convex scan: qhull would crawl
         candidates = _directional_extremes(candidates)
     try:
-        return candidates[ConvexHull(candidates).vertices]
+        vertices = candidates[ConvexHull(candidates).vertices]
     except (QhullError, ValueError) as exc:
         raise InvalidInputError(f"{what} has no volume (degenerate convex hull: collinear or coplanar points)") from exc
+    if len(vertices) > _HULL_MAX_VERTICES:  # a smooth hull: MuJoCo compiles and collides a lighter one
+        vertices = _directional_extremes(vertices)
+    return vertices
 
 
-_HULL_EXACT_MAX_POINTS = 1500  # more hull candidates than this: keep the extreme points along _HULL_DIRECTIONS
+_HULL_EXACT_MAX_POINTS = 30_000  # more hull candidates than this: keep the extreme points along _HULL_DIRECTIONS
+_HULL_MAX_VERTICES = 1000  # hulls with more vertices are thinned the same way
 _HULL_DIRECTIONS = 200
 
 
@@ -202,20 +209,40 @@ def _directional_extremes(points: np.ndarray) -> np.ndarray:
     qhull and MuJoCo handle in milliseconds (a dense sphere has 10^5 hull vertices).
     """
     grid = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) != (0, 0, 0)])
-    directions = np.vstack([_fibonacci_directions(_HULL_DIRECTIONS), grid / np.linalg.norm(grid, axis=1)[:, None]])
+    grid = grid / np.linalg.norm(grid, axis=1)[:, None]
     centred = np.ascontiguousarray((points - points.mean(axis=0)).T, dtype=np.float32)  # (3, n)
+    chosen = [np.unique(_project(grid, centred).argmax(axis=1))]  # the 26 grid extremes of all points
+    if len(points) > _HULL_EXACT_MAX_POINTS:
+        # a dense surface: spread directions over an even subsample (neighbours are far closer than a voxel)
+        stride = -(-len(points) // _HULL_EXACT_MAX_POINTS)
+        sub = np.arange(0, len(points), stride)
+        chosen.append(sub[_argmax_along(_fibonacci_directions(_HULL_DIRECTIONS), centred[:, sub])])
+    else:
+        chosen.append(_argmax_along(_fibonacci_directions(_HULL_DIRECTIONS), centred))
+    return points[np.unique(np.concatenate(chosen))]
+
+
+def _project(directions: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``directions`` (K, 3) dotted with ``columns`` (3, n), as three broadcasts: a (K, 3) x (3, n) matmul
+    goes through BLAS, whose threads stall when other processes hold the cores."""
+    d = directions.astype(np.float32)
+    return d[:, 0:1] * columns[0] + d[:, 1:2] * columns[1] + d[:, 2:3] * columns[2]
+
+
+def _argmax_along(directions: np.ndarray, centred: np.ndarray) -> np.ndarray:
+    """For each direction, the index of the column of ``centred`` (3, n) furthest along it."""
     dirs = directions.astype(np.float32)
     best = np.zeros(len(directions), dtype=np.int64)
     best_value = np.full(len(directions), -np.inf, dtype=np.float32)
     rows = np.arange(len(directions))
     step = 32768
     for start in range(0, centred.shape[1], step):
-        proj = dirs @ centred[:, start:start + step]  # (K, chunk): argmax along contiguous rows
+        proj = _project(dirs, centred[:, start:start + step])  # (K, chunk): argmax along contiguous rows
         arg = proj.argmax(axis=1)
         value = proj[rows, arg]
         better = value > best_value
         best[better], best_value[better] = arg[better] + start, value[better]
-    return points[np.unique(best)]
+    return best
 
 
 def _cap_small_holes(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

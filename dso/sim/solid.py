@@ -82,7 +82,9 @@ def surface_cells(vertices: np.ndarray, faces: np.ndarray, surface: np.ndarray, 
         for start in range(0, len(which), per_chunk):
             chunk = tris[which[start:start + per_chunk]].astype(np.float64)  # (f, 3 corners, 3)
             corners = chunk.transpose(1, 0, 2).reshape(3, -1)  # (3 corners, f * 3)
-            _mark(surface, (bary @ corners).reshape(-1, 3), origin, voxel)
+            # bary @ corners as broadcasts: BLAS threads stall when other processes hold the cores
+            points = bary[:, 0:1] * corners[0] + bary[:, 1:2] * corners[1] + bary[:, 2:3] * corners[2]
+            _mark(surface, points.reshape(-1, 3), origin, voxel)
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
