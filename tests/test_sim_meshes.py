@@ -247,3 +247,10 @@ def test_a_generator_sample_that_carries_only_a_mesh_goes_through_the_same_contr
 
     v = make_oracle(SimSettings()).simulate(MeshSample())
     assert v.status == SimStatus.ok and v.mode == "solid" and v.stable
+
+
+def test_progress_bar_goes_to_stderr_on_request(tmp_path):
+    out = generator_outputs(tmp_path)
+    result = CliRunner().invoke(app, ["simulate", str(out / "*.stl"), str(out / "*.glb"), "--progress", "--workers", "1"])
+    assert "simulating" in result.stderr and "2/2" in result.stderr
+    assert "simulating" not in result.stdout and "summary: 2 input(s), 2 judged" in result.stdout
