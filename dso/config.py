@@ -326,6 +326,9 @@ class BrokerSettings(Section):
     delete_acked: bool = True  # XDEL after XACK so memory follows the backlog, not maxlen
     read_block_ms: int = Field(default=1000, ge=0)
     claim_idle_ms: int = Field(default=120_000, gt=0)  # > slowest legitimate simulation (4x SimSettings.item_timeout_s)
+    # a consumer takes back its *own* entries pending longer than this (an ack lost to a Valkey restart): it acks
+    # what it took before asking for more, so nothing of its own is legitimately pending when it asks
+    own_reclaim_idle_ms: int = Field(default=5_000, gt=0)
     max_deliveries: int = Field(default=3, ge=1)  # deliveries before an entry is dead-lettered
     # replay buffer
     replay_capacity: int = Field(default=4096, ge=2)  # total; each class keeps the newest capacity // 2

@@ -59,3 +59,22 @@ def test_an_entry_that_kills_every_life_of_its_worker_is_dead_lettered(
     dead = last.dead_letters()
     assert [d["id"] for d in dead] == ["poison"] and "delivered 4 times" in dead[0]["reason"]
     assert last.backlog() == 0
+
+
+def test_an_entry_left_pending_under_a_live_consumer_comes_back_after_a_short_idle(
+    redis_client: redis.Redis, broker_settings: BrokerSettings
+) -> None:
+    """An ack lost to a Valkey restart (the end of its append-only file) leaves an entry pending under a worker that
+    is alive and asking for more; found by the Valkey-kill test: the drain waited on one such entry."""
+    import time
+
+    settings = broker_settings.model_copy(update={"claim_idle_ms": 3_600_000, "own_reclaim_idle_ms": 200})
+    work = queue(redis_client, settings)
+    work.put("s0", b"grid")
+    assert work.reclaim("simulator-0") == [] and len(work.read("simulator-0")) == 1  # its ack is then lost
+    assert work.reclaim("simulator-0") == [], "not before own_reclaim_idle_ms"
+    time.sleep(0.3)
+    back = work.reclaim("simulator-0")
+    assert [d.item_id for d in back] == ["s0"] and back[0].deliveries == 2
+    work.ack(d.entry_id for d in back)
+    assert work.backlog() == 0

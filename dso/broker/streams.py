@@ -151,6 +151,10 @@ class WorkQueue:
             own = self._claim_own(consumer, count)
             if own:
                 return self._deliveries(own)
+        else:
+            own = self._claim_stale_own(consumer, count)
+            if own:
+                return self._deliveries(own)
         idle = self.settings.claim_idle_ms if min_idle_ms is None else min_idle_ms
         claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
         cursor: bytes | str = "0-0"
@@ -177,6 +181,22 @@ class WorkQueue:
         ids = [row["message_id"] for row in rows]
         self._resume_from[consumer] = "(" + _s(ids[-1])  # claimed to itself they stay in its list: read on after them
         entries = self.client.xclaim(self.stream_key, self.group, consumer, 0, ids)
+        return [(eid, fields) for eid, fields in entries if fields]
+
+    def _claim_stale_own(self, consumer: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Entries pending under ``consumer`` for longer than ``own_reclaim_idle_ms``, claimed again.
+
+        A worker acks what it took before it asks for more, so anything still pending under its own name at
+        that point was lost on the way: typically an ack that a Valkey restart dropped from the end of its
+        append-only file. Without this, such an entry would wait ``claim_idle_ms`` and a drain would give up.
+        """
+        rows = self.client.xpending_range(
+            self.stream_key, self.group, min="-", max="+", count=count, consumername=consumer,
+            idle=self.settings.own_reclaim_idle_ms,
+        )
+        if not rows:
+            return []
+        entries = self.client.xclaim(self.stream_key, self.group, consumer, 0, [row["message_id"] for row in rows])
         return [(eid, fields) for eid, fields in entries if fields]
 
     def _deliveries(self, claimed: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Delivery]:
