@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from dso.broker.server import PERSISTENCE_CONFIG
 from dso.sim.contract import StandingOracle
 from dso.sim.verdict import SimStatus
 from dso.telemetry import METRICS
-from test_loop_support import export_random_tiny_model, loop_test_settings
+from test_loop_support import export_random_tiny_model, loop_test_settings, wait_for
 
 DSO = str(Path(sys.executable).with_name("dso"))
 
@@ -42,14 +43,8 @@ def open_loop(tmp_path, model_folder, redis_url, **broker):
     return settings, b
 
 
-def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+wait_poll = functools.partial(wait_for, poll_s=0.05)  # these waits are on in-process workers: poll often
 
 
 def test_simulator_sigkilled_mid_item_is_reclaimed_and_labelled_once(tmp_path, model_folder, valkey_server):
@@ -67,7 +62,7 @@ def test_simulator_sigkilled_mid_item_is_reclaimed_and_labelled_once(tmp_path, m
     )
     try:
         client, queue = broker.connection.client, broker.samples
-        wait_for(lambda: client.xpending(queue.stream_key, queue.group)["pending"] == 1, 60, "the victim to take the item")
+        wait_poll(lambda: client.xpending(queue.stream_key, queue.group)["pending"] == 1, 60, "the victim to take the item")
         assert client.xpending(queue.stream_key, queue.group)["consumers"][0]["name"] == b"victim"
         time.sleep(0.5)  # well inside the (minutes-long) simulation
         assert victim.poll() is None, "the victim must still be simulating"
@@ -77,7 +72,7 @@ def test_simulator_sigkilled_mid_item_is_reclaimed_and_labelled_once(tmp_path, m
         if victim.poll() is None:
             victim.kill()
     rescuer = SimulatorWorker(broker, settings, name="rescuer")
-    wait_for(lambda: rescuer.step(block_ms=0) or rescuer.labelled, 10, "the rescuer to reclaim the item")
+    wait_poll(lambda: rescuer.step(block_ms=0) or rescuer.labelled, 10, "the rescuer to reclaim the item")
     learner = Learner(broker, settings, tmp_path / "run")
     learner.ingest()
     assert rescuer.labelled == 1
@@ -106,7 +101,7 @@ def test_poison_input_is_dead_lettered_while_the_loop_goes_on(tmp_path, model_fo
             return super().simulate(item)
 
     worker = SimulatorWorker(broker, settings, oracle=CrashesOnPoison(settings.sim))
-    wait_for(
+    wait_poll(
         lambda: worker.step(block_ms=0) >= 0 and broker.samples.dead_letters() and worker.labelled == 3,
         20, "the poison item to be dead-lettered and the others labelled", poll_s=0.12,
     )
@@ -189,7 +184,7 @@ def test_redis_restart_loses_no_labelled_sample(tmp_path, model_folder, crash):
         time.sleep(1.0)
         redis_server = server()
         redis_server.start()
-        wait_for(lambda: simulator.labelled == 4, 20, "the simulator to finish after the restart")
+        wait_poll(lambda: simulator.labelled == 4, 20, "the simulator to finish after the restart")
         stop.set()
         thread.join(timeout=10)
         while learner.ingest():

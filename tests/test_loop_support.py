@@ -6,6 +6,8 @@ are zero, so no adapter could move its output and hot swaps could not be verifie
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,14 @@ def loop_test_settings(
     data["sampler"]["steps"] = 4  # fewer flow steps: the loop, not sample quality, is under test
     data["sim"]["max_time"] = 2.0
     return Settings.model_validate(data)
+
+
+def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.1):
+    """Poll ``condition`` until it returns something truthy (returned) or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

