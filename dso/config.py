@@ -247,8 +247,11 @@ class PretrainSettings(Section):
     views_per_object: int = 4
     drop_unstable: bool = True  # drop ground-truth objects the oracle says fall, as the paper does
     workers: int = 0  # dataset building processes; 0 -> one per core
+    # Warm start: a TRELLIS-format tiny folder whose weights training starts from (None: random init). A run's own
+    # checkpoints always win over it, so a stopped run resumes where it stopped.
+    init_from: Path | None = None
     # stage 1: VAE over occupancy grids (TRELLIS ss_enc / ss_dec)
-    vae_steps: int = 1500
+    vae_steps: int = Field(1500, ge=0)  # 0: keep the VAE as initialised (a warm start whose VAE is already at its ceiling)
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-3
@@ -256,6 +259,9 @@ class PretrainSettings(Section):
     flow_steps: int = 4000
     flow_batch: int = 32
     flow_lr: float = 5e-4
+    # EMA of the flow and image-encoder weights, exported instead of the live ones (0: off; TRELLIS uses 0.9999
+    # over far longer runs). Checkpointed with the run, so a resumed run's EMA is bit-exact too.
+    flow_ema: float = Field(0.0, ge=0.0, lt=1.0)
     warmup_steps: int = 200
     weight_decay: float = 0.01
     grad_clip: float = 1.0

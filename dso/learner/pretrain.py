@@ -13,11 +13,13 @@ Both stages checkpoint (models, optimiser, step, RNG) and resume exactly.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +32,10 @@ from dso.config import ASSETS_DIR, Settings
 from dso.learner import flow_matching as fm
 from dso.learner.checkpoint import load_checkpoint, save_checkpoint
 from dso.models.factory import (
+    StageOneModules,
     build_tiny_modules,
     export_tiny_folder,
+    load_tiny_modules_for_training,
     preprocess_tiny_images,
 )
 
@@ -122,6 +126,26 @@ def _vae_loss(encoder, decoder, occ: torch.Tensor, kl_weight: float) -> tuple[to
     return loss, {"bce": bce.item(), "dice": dice.item(), "kl": kl.item()}
 
 
+def _frozen_copy(module: torch.nn.Module | None) -> torch.nn.Module | None:
+    if module is None:
+        return None
+    twin = copy.deepcopy(module)
+    twin.requires_grad_(False)
+    return twin
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module | None, live: torch.nn.Module | None, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * live, parameters and buffers alike."""
+    if ema is None or live is None:
+        return
+    for e, x in zip(ema.state_dict().values(), live.state_dict().values()):
+        if e.dtype.is_floating_point:
+            e.lerp_(x, 1.0 - decay)
+        else:
+            e.copy_(x)
+
+
 class Pretrainer:
     """Runs the two stages with checkpoints under ``output_dir``; ``run()`` resumes wherever it stopped."""
 
@@ -131,11 +155,17 @@ class Pretrainer:
         self.out = Path(self.p.output_dir)
         self.progress = progress
         torch.manual_seed(self.p.seed)
-        self.modules = build_tiny_modules(settings.model)
+        if self.p.init_from is not None:
+            self.modules = load_tiny_modules_for_training(Path(self.p.init_from), settings.model)
+        else:
+            self.modules = build_tiny_modules(settings.model)
+        self.ema = _frozen_copy(self.modules.flow), _frozen_copy(self.modules.image_encoder)
         self.history: dict[str, list[float]] = {"vae": [], "flow": []}
 
     # -- stage 1 -------------------------------------------------------------
     def train_vae(self, data: PretrainData) -> list[float]:
+        if self.p.vae_steps == 0:
+            return []
         enc, dec = self.modules.encoder, self.modules.decoder
         params = list(enc.parameters()) + list(dec.parameters())
         opt = torch.optim.AdamW(params, lr=self.p.vae_lr, weight_decay=self.p.weight_decay)
@@ -181,7 +211,10 @@ class Pretrainer:
         opt = torch.optim.AdamW(params, lr=self.p.flow_lr, weight_decay=self.p.weight_decay)
         gen = torch.Generator().manual_seed(self.p.seed + 1)
         ckpt = self.out / "flow.ckpt"
-        step = load_checkpoint(ckpt, {"flow": flow, "image_encoder": img_enc}, opt, gen) if ckpt.exists() else 0
+        saved = {"flow": flow, "image_encoder": img_enc}
+        if self.p.flow_ema > 0:
+            saved |= {k: m for k, m in (("flow_ema", self.ema[0]), ("image_encoder_ema", self.ema[1])) if m is not None}
+        step = load_checkpoint(ckpt, saved, opt, gen) if ckpt.exists() else 0
         images = torch.from_numpy(data.images)
         owner = torch.from_numpy(data.image_object)
         losses = []
@@ -201,12 +234,21 @@ class Pretrainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, self.p.grad_clip)
             opt.step()
+            if self.p.flow_ema > 0:
+                _ema_update(self.ema[0], flow, self.p.flow_ema)
+                _ema_update(self.ema[1], img_enc, self.p.flow_ema)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if (step + 1) % self.p.checkpoint_every == 0 or step + 1 == self.p.flow_steps:
-                save_checkpoint(ckpt, step + 1, {"flow": flow, "image_encoder": img_enc}, opt, gen)
+                save_checkpoint(ckpt, step + 1, saved, opt, gen)
         self.history["flow"].extend(losses)
         return losses
+
+    def exported_modules(self) -> StageOneModules:
+        """What ships: the EMA flow and image encoder when ``flow_ema`` is on, else the live weights."""
+        if self.p.flow_ema <= 0:
+            return self.modules
+        return dataclasses.replace(self.modules, flow=self.ema[0], image_encoder=self.ema[1])
 
     def run(self, export: bool = True) -> Path | None:
         start = time.time()
@@ -223,6 +265,8 @@ class Pretrainer:
             "images": int(len(data.images)),
             "dropped_unstable": data.dropped_unstable,
             "latent_std": float(latents.std()),
+            "init_from": str(self.p.init_from) if self.p.init_from else None,
+            "flow_ema": self.p.flow_ema,
             "vae_steps": self.p.vae_steps,
             "flow_steps": self.p.flow_steps,
             "final_vae_loss": self.history["vae"][-1] if self.history["vae"] else None,
@@ -230,6 +274,6 @@ class Pretrainer:
             "wall_seconds_this_invocation": round(time.time() - start, 1),
             "torch": torch.__version__,
         }
-        export_tiny_folder(self.modules, self.s, target, training_record=record)
+        export_tiny_folder(self.exported_modules(), self.s, target, training_record=record)
         (self.out / "pretrain_record.json").write_text(json.dumps(record, indent=2))
         return target

@@ -70,6 +70,21 @@ def build_tiny_modules(settings: ModelSettings, sampler: SamplerSettings | None 
     )
 
 
+def load_tiny_modules_for_training(folder: Path, settings: ModelSettings) -> StageOneModules:
+    """Every module of a TRELLIS-format tiny folder (the VAE encoder included), in fp32 and train mode: a warm start."""
+    stage = load_trellis_stage1(folder, dtype="fp32", load_encoder=True)
+    if stage.encoder is None:
+        raise ModelFileMissingError(f"{folder} ships no sparse-structure encoder; pretraining needs one to warm-start")
+    image_encoder = None
+    if settings.conditioner.kind == "tiny":
+        image_encoder = _load_image_encoder(Path(folder) / IMAGE_ENCODER_CKPT).float()
+    modules = StageOneModules(stage.flow, stage.decoder, stage.encoder, image_encoder, stage.sampler)
+    for m in (modules.flow, modules.decoder, modules.encoder, modules.image_encoder):
+        if m is not None:
+            m.float().train()
+    return modules
+
+
 def preprocess_tiny_images(images: Sequence[np.ndarray | Image.Image], settings: ConditionerSettings) -> torch.Tensor:
     """RGBA renders -> the tiny encoder's input ``[B, 4, S, S]`` (TRELLIS-style framing)."""
     pil = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im), mode="RGBA") for im in images]
