@@ -12,6 +12,9 @@ Prompts are read from the store on every batch, and prompts this worker has not
 sampled yet go first, so an image uploaded over the API is sampled within one
 batch (``loop.prompts_per_batch`` new prompts per batch), and the default set is
 covered once before any prompt repeats.
+
+A generator that emits meshes (``dso.models.contract.MeshDecoder``) gets each mesh into its
+record (``SampleRecord.mesh``, at most ``sim.max_faces`` faces), and the simulators judge it.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from dso import telemetry
 from dso.actors.prompt_images import PromptImages
 from dso.broker.adapter_store import AdapterStoreError
 from dso.broker.broker import Broker
-from dso.broker.records import SampleRecord
+from dso.broker.records import SampleMesh, SampleRecord
 from dso.config import Settings
-from dso.models.contract import ShapeGenerator, generate_shapes
+from dso.models.contract import GeneratedShape, ShapeGenerator, generate_shapes
 from dso.models.generator import Generator
 from dso.models.lora import AdapterSwapError, AdapterSwapper, attach_lora, flow_model_probe
 
@@ -116,6 +119,12 @@ class GeneratorWorker:
 
     # --- one batch ----------------------------------------------------------------
 
+    def record_mesh(self, shape: GeneratedShape) -> SampleMesh | None:
+        """The mesh a mesh-emitting generator made, checked against ``sim.max_faces`` before it is enqueued."""
+        if shape.emitted_mesh is None:
+            return None
+        return SampleMesh.from_trimesh(shape.emitted_mesh, max_faces=self.settings.sim.max_faces)
+
     def choose_prompts(self) -> list[str]:
         """``loop.prompts_per_batch`` active prompt ids: never-sampled ones first (newest first), the rest at random.
 
@@ -155,6 +164,7 @@ class GeneratorWorker:
                 seed=shape.seed,
                 latent=shape.latent.numpy(),
                 occupancy=shape.occupancy,
+                mesh=self.record_mesh(shape),
                 generation_seconds=seconds / len(shapes),
             )
             self.broker.samples.put(record.sample_id, record.to_bytes(), pipe=batch)

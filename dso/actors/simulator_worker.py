@@ -1,7 +1,9 @@
 """Simulator role: take samples from the ``samples`` stream, label them with the oracle, pass them on.
 
-The oracle is the one ``settings.sim.oracle`` names (``dso.sim.contract.make_oracle``); its
-``Verdict`` goes into the labelled record unchanged, failure verdicts (invalid input,
+The oracle is the one ``settings.sim.oracle`` names (``dso.sim.contract.make_oracle``). It judges
+the sample's mesh when a mesh-emitting generator made one (``SampleRecord.mesh``, a z-up
+``trimesh.Trimesh`` to the oracle, so ``sim.mode``/``mesh_voxels``/``max_faces`` apply), else its
+occupancy grid. Its ``Verdict`` goes into the labelled record unchanged, failure verdicts (invalid input,
 simulator error, timeout) included: those are labelled and counted as invalid, not retried.
 
 Delivery is at-least-once: the labelled record is enqueued *before* the sample
@@ -68,7 +70,7 @@ class SimulatorWorker:
             self.dead_lettered += 1
             return False
         try:
-            verdict = self.oracle.simulate(sample.occupancy)
+            verdict = self.oracle.simulate(sample.oracle_input())  # the generator's mesh if it made one, else the grid
             labelled = LabelledRecord.from_verdict(sample, verdict)
         except Exception as exc:  # noqa: BLE001 - an oracle that raises leaves the entry for reclaim / dead-letter
             self.failed += 1

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-import numpy as np
+import trimesh
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 
 from dso.api import sample_media, stability_history
@@ -51,6 +51,11 @@ class SamplesContext:
     object_scale: float
     shapes: ShapesSettings
     cache: sample_media.MediaCache
+    mesh_scale: float = 1.0  # sim.mesh_scale: mesh samples are in mesh units
+
+    def metres_per_unit(self, shape: sample_media.Drawable) -> float:
+        """How the simulator scaled this sample: object_scale per grid unit, times mesh_scale per mesh unit."""
+        return self.object_scale * (self.mesh_scale if isinstance(shape, trimesh.Trimesh) else 1.0)
 
     @property
     def view(self) -> sample_media.PreviewView:
@@ -64,6 +69,7 @@ def attach(app: FastAPI, settings: Settings) -> None:
     app.state.samples = SamplesContext(
         console=settings.console,
         object_scale=settings.sim.object_scale,
+        mesh_scale=settings.sim.mesh_scale,
         shapes=settings.shapes,
         cache=sample_media.MediaCache(settings.console.media_cache_bytes),
     )
@@ -169,9 +175,12 @@ def _pose_of(record: LabelledRecord, which: str) -> sample_media.RestingPose | N
     return pose
 
 
-def _check_drawable(record: LabelledRecord) -> np.ndarray:
+def _check_drawable(record: LabelledRecord) -> sample_media.Drawable:
+    """What the oracle judged: the generator's mesh when the sample has one (never empty), else its grid."""
+    if record.sample.mesh is not None:
+        return record.sample.mesh.to_trimesh()
     occupancy = record.sample.occupancy
-    if not occupancy.any():
+    if occupancy is None or not occupancy.any():
         raise ApiError(404, f"sample {record.sample_id} has an empty occupancy grid: nothing to draw")
     return occupancy
 
@@ -180,7 +189,8 @@ def _check_drawable(record: LabelledRecord) -> np.ndarray:
     "/v1/samples/{sample_id}/mesh.glb",
     summary="The sample's surface mesh as binary glTF (y up, ground at y = 0, grid units)",
     description=(
-        "Marching cubes of the occupancy grid in the unit cube, turned from the simulator's z-up frame to glTF's "
+        "Marching cubes of the occupancy grid in the unit cube (a mesh-emitting generator's sample: its own "
+        "mesh, in its units), turned from the simulator's z-up frame to glTF's "
         "y-up (-90 degrees about x) and shifted so that the ground plane is y = 0. `pose=resting` applies the "
         "simulator's final rotation about the body origin (horizontal drift dropped)."
     ),
@@ -202,7 +212,7 @@ def get_sample_mesh(
     resting = _pose_of(record, pose)
 
     def make() -> bytes:
-        mesh = sample_media.posed_mesh(occupancy, pose, resting, samples.object_scale)
+        mesh = sample_media.posed_mesh(occupancy, pose, resting, samples.metres_per_unit(occupancy))
         return sample_media.glb_bytes(mesh, sample_media.ground_height(occupancy))
 
     data = samples.cache.get_or_make(("glb", sample_id, pose), make)
@@ -231,7 +241,8 @@ def get_sample_preview(
 
     def make() -> bytes:
         return sample_media.preview_png(
-            occupancy, pose, resting, samples.object_scale, samples.view, samples.console.preview_size, samples.shapes
+            occupancy, pose, resting, samples.metres_per_unit(occupancy), samples.view, samples.console.preview_size,
+            samples.shapes,
         )
 
     data = samples.cache.get_or_make(("png", sample_id, pose), make)

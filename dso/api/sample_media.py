@@ -9,6 +9,12 @@ grid units: ``v' = R (v - o) + o + (0, 0, p_z / scale)`` with ``o`` the body ori
 the ground stays where the upright object stood; the horizontal drift is dropped so
 the object stays in view.
 
+A sample from a mesh-emitting generator is drawn from its own mesh (z up, in mesh units):
+the simulator puts that body's origin at (0, 0, lowest vertex) and scales it by
+``sim.object_scale * sim.mesh_scale`` metres per unit (``dso.sim.geometry.mesh_geometry``),
+so the same formula holds with that origin and scale. Every function below takes either
+an occupancy grid or such a mesh (``Drawable``).
+
 GLB files are y-up (glTF's convention): the z-up mesh is rotated -90 degrees about x,
 and shifted so that the ground is the plane y = 0.
 """
@@ -20,7 +26,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Union
 
 import numpy as np
 import trimesh
@@ -32,6 +38,7 @@ from dso.shapes.camera import Camera
 from dso.shapes.render import render_mesh, render_occupancy, to_pil
 
 Pose = Literal["upright", "resting"]
+Drawable = Union[np.ndarray, trimesh.Trimesh]  # an occupancy grid, or a mesh-emitting generator's mesh (z up)
 POSES: tuple[str, ...] = ("upright", "resting")
 Z_UP_TO_Y_UP = trimesh.transformations.rotation_matrix(-np.pi / 2, [1.0, 0.0, 0.0])
 
@@ -64,8 +71,10 @@ class RestingPose:
         return trimesh.transformations.quaternion_matrix(self.quaternion)[:3, :3]
 
 
-def ground_height(occupancy: np.ndarray) -> float:
-    """Grid-unit height of the lowest occupied voxel face: where the simulator put the ground."""
+def ground_height(occupancy: Drawable) -> float:
+    """Height of the lowest occupied voxel face (grid units) or lowest vertex (mesh units): where the simulator put the ground."""
+    if isinstance(occupancy, trimesh.Trimesh):
+        return float(np.min(occupancy.vertices[:, 2]))
     occ = np.asarray(occupancy, dtype=bool)
     if not occ.any():
         return -0.5
@@ -83,16 +92,24 @@ def voxel_bounds(occupancy: np.ndarray) -> np.ndarray:
     return np.stack([index.min(axis=0) / n - 0.5, (index.max(axis=0) + 1) / n - 0.5])
 
 
-def body_origin(occupancy: np.ndarray) -> np.ndarray:
-    """The simulator's body origin in grid units: grid centre in x, y; lowest voxel face in z."""
+def body_origin(occupancy: Drawable) -> np.ndarray:
+    """The simulator's body origin: grid centre (mesh: x = y = 0) in x, y; the ground height in z."""
     return np.array([0.0, 0.0, ground_height(occupancy)])
 
 
-def resting_mesh(occupancy: np.ndarray, pose: RestingPose, object_scale: float) -> trimesh.Trimesh:
-    """The sample's mesh turned into the simulator's final pose (grid units, z up, same ground)."""
+def upright_mesh(occupancy: Drawable) -> trimesh.Trimesh:
+    """The sample as generated: marching cubes of a grid, or the generator's own mesh."""
+    return occupancy if isinstance(occupancy, trimesh.Trimesh) else occupancy_to_mesh(occupancy)
+
+
+def resting_mesh(occupancy: Drawable, pose: RestingPose, object_scale: float) -> trimesh.Trimesh:
+    """The sample's mesh turned into the simulator's final pose (its own units, z up, same ground).
+
+    ``object_scale``: metres per unit (``sim.object_scale`` for grids, times ``sim.mesh_scale`` for meshes).
+    """
     if object_scale <= 0:
         raise ValueError(f"object_scale must be > 0, got {object_scale}")
-    mesh = occupancy_to_mesh(occupancy)
+    mesh = upright_mesh(occupancy)
     origin = body_origin(occupancy)
     lift = np.array([0.0, 0.0, pose.position[2] / object_scale])
     vertices = (np.asarray(mesh.vertices) - origin) @ pose.rotation().T + origin + lift
@@ -100,11 +117,11 @@ def resting_mesh(occupancy: np.ndarray, pose: RestingPose, object_scale: float) 
 
 
 def posed_mesh(
-    occupancy: np.ndarray, which: Pose, pose: RestingPose | None, object_scale: float
+    occupancy: Drawable, which: Pose, pose: RestingPose | None, object_scale: float
 ) -> trimesh.Trimesh:
     """Upright (as generated) or resting (as the simulator left it) mesh of one sample."""
     if which == "upright":
-        return occupancy_to_mesh(occupancy)
+        return upright_mesh(occupancy)
     if pose is None:
         raise NoRestingPoseError("this sample's verdict carries no final pose")
     return resting_mesh(occupancy, pose, object_scale)
@@ -138,7 +155,7 @@ def framing_camera(bounds: np.ndarray, view: PreviewView) -> Camera:
 
 
 def preview_png(
-    occupancy: np.ndarray,
+    occupancy: Drawable,
     which: Pose,
     pose: RestingPose | None,
     object_scale: float,
@@ -146,8 +163,8 @@ def preview_png(
     size: int,
     shapes: ShapesSettings,
 ) -> bytes:
-    """PNG (RGBA, transparent background) of the sample: voxels when upright, the posed mesh at rest."""
-    if which == "upright":  # voxels drawn as they are; no mesh needed
+    """PNG (RGBA, transparent background) of the sample: voxels when upright, the posed mesh at rest (meshes: always)."""
+    if which == "upright" and not isinstance(occupancy, trimesh.Trimesh):  # voxels drawn as they are; no mesh needed
         rgba = render_occupancy(occupancy, framing_camera(voxel_bounds(occupancy), view), size, settings=shapes)
     else:
         mesh = posed_mesh(occupancy, which, pose, object_scale)

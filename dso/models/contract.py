@@ -16,6 +16,11 @@ The broker stores latents of any shape (the record header carries it), so a gene
 with another latent layout fits without a change outside ``dso/models``; the oracle
 reads the occupancy grids.
 
+A generator that emits meshes (a stage-2 decoder, another image-to-3D model) adds one method,
+``decode_meshes(latents) -> list[trimesh.Trimesh]`` (``MeshDecoder``; z up, the unit cube's scale):
+``generate_shapes`` then calls it instead of ``decode``, each ``GeneratedShape`` carries its
+``emitted_mesh`` (no grid), and the loop's records and the oracle judge that mesh.
+
 To add a generator: write a class with these members and a ``from_settings(settings)``
 constructor; the roles take one as their ``generator=`` argument and otherwise build
 ``Generator.from_settings`` (docs/architecture.md, "Adding a generator").
@@ -84,18 +89,35 @@ class ShapeGenerator(ShapeSampler, Protocol):
         ...
 
 
+@runtime_checkable
+class MeshDecoder(Protocol):
+    """A generator whose output is a mesh, not a grid: what ``generate_shapes`` calls instead of ``decode``."""
+
+    def decode_meshes(self, latents: torch.Tensor) -> list[trimesh.Trimesh]:
+        """One triangle mesh per latent, z up, in the unit cube's scale (what the oracle judges)."""
+        ...
+
+
 @dataclass
 class GeneratedShape:
-    """One sample: everything the oracle, the replay buffer and the learner need."""
+    """One sample: everything the oracle, the replay buffer and the learner need (a grid, a mesh, or both)."""
 
     latent: torch.Tensor  # x0 (latent_shape), on the CPU
-    occupancy: np.ndarray  # bool (N, N, N), z-up
+    occupancy: np.ndarray | None  # bool (N, N, N), z-up; None when the generator emits meshes
     seed: int
     image_index: int
+    emitted_mesh: trimesh.Trimesh | None = None  # the generator's own mesh (MeshDecoder); the oracle judges it
     _mesh: trimesh.Trimesh | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.occupancy is None and self.emitted_mesh is None:
+            raise ValueError("a generated shape needs an occupancy grid or an emitted mesh")
 
     @property
     def mesh(self) -> trimesh.Trimesh:
+        """The generator's mesh when it made one, else marching cubes of the grid."""
+        if self.emitted_mesh is not None:
+            return self.emitted_mesh
         if self._mesh is None:
             self._mesh = occupancy_to_mesh(self.occupancy)
         return self._mesh
@@ -105,11 +127,20 @@ class GeneratedShape:
 def generate_shapes(
     sampler: ShapeSampler, images: Sequence[Image.Image], samples_per_image: int = 1, seed: int = 0, progress: bool = False
 ) -> list[GeneratedShape]:
-    """``samples_per_image`` shapes for each image; sample j of image i uses seed ``seed + i * K + j``."""
+    """``samples_per_image`` shapes for each image; sample j of image i uses seed ``seed + i * K + j``.
+
+    A ``MeshDecoder`` gives meshes (``emitted_mesh``, no grid); any other sampler gives occupancy grids.
+    """
     k = samples_per_image
     cond = sampler.encode(images).repeat_interleave(k, dim=0)
     seeds = [seed + i for i in range(len(images) * k)]
     latents = sampler.sample_latents(cond, seeds, progress=True) if progress else sampler.sample_latents(cond, seeds)
+    if isinstance(sampler, MeshDecoder):
+        meshes = list(sampler.decode_meshes(latents))
+        if len(meshes) != len(seeds):
+            raise ValueError(f"decode_meshes returned {len(meshes)} meshes for {len(seeds)} latents")
+        latents = latents.float().cpu()
+        return [GeneratedShape(latents[n], None, seeds[n], n // k, emitted_mesh=meshes[n]) for n in range(len(seeds))]
     occupancy = sampler.decode(latents)
     latents = latents.float().cpu()
     return [GeneratedShape(latents[n], occupancy[n], seeds[n], n // k) for n in range(len(seeds))]
