@@ -6,7 +6,14 @@ after unit-cube normalisation and ICP; the oracle's verdict), and writes
 ``docs/embedded-default.md`` plus ``docs/embedded_samples.png`` (prompt image,
 ground truth, samples marked stable / unstable).
 
+It also reports what limits fidelity: the VAE's own reconstruction of the held-out
+objects (the ceiling for the flow model), per family, next to the flow model's
+samples; and, with ``--previous FOLDER``, the previous weights on the same prompts
+and seeds plus sampling speed at batch 8 side by side (interleaved rounds, one
+process, so the machine's drift hits both alike).
+
     python bench/embedded_default.py            # 96 prompts x 4 samples
+    python bench/embedded_default.py --previous runs/pretrain/stage1
     python bench/embedded_default.py --quick
 """
 
@@ -18,18 +25,88 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from dso.config import load_settings
-from dso.evaluate.report import by_family, markdown_table, summarize
-from dso.evaluate.stability import evaluate_generator
-from dso.models.factory import training_record
+from dso.evaluate.report import EvalSummary, by_family, markdown_table, summarize
+from dso.evaluate.stability import SampleEval, evaluate_generator, geometry_scores
+from dso.models.factory import load_vae_encoder, training_record
 from dso.models.generator import Generator
 from dso.shapes.prompts import heldout_prompts
 from dso.shapes.render import render_occupancy
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PICTURE_PROMPTS = 8
+SPEED_BATCH = 8  # the issue's sampling-speed check: batch 8 on 2 cores
+SPEED_ROUNDS = 9
+
+
+def vae_ceiling(prompts, settings) -> dict[str, tuple[float, float, int]]:
+    """(Chamfer, F-score %, objects) of the VAE's reconstruction of each held-out object, per family and overall."""
+    objects = {p.object.seed: p.object for p in prompts}
+    encoder = load_vae_encoder(settings.model)
+    generator = Generator.from_settings(settings)
+    grids = torch.from_numpy(np.stack([o.occupancy for o in objects.values()])).float().unsqueeze(1)
+    with torch.no_grad():
+        _, mean, _ = encoder(grids, sample_posterior=False, return_raw=True)
+    recon = generator.decode(mean)
+    scores = geometry_scores(list(zip(recon, [o.occupancy for o in objects.values()])), settings.eval, workers=0)
+    families: dict[str, list[tuple[float, float]]] = {}
+    for obj, (chamfer, fscore, _) in zip(objects.values(), scores):
+        families.setdefault(obj.family, []).append((chamfer, fscore))
+        families.setdefault("all", []).append((chamfer, fscore))
+    return {f: (float(np.nanmean([c for c, _ in v])), 100 * float(np.nanmean([x for _, x in v])), len(v)) for f, v in families.items()}
+
+
+def sampling_speed(shipped: Generator, previous: Generator, prompts) -> tuple[float, float, float]:
+    """Samples/s at batch SPEED_BATCH of each model (median over rounds) and the median per-round ratio.
+
+    Each round times both models back to back, in alternating order, after one warm-up call each, so
+    a busy spell on a shared machine hits a round's pair alike and the ratio stays readable.
+    """
+    images = [Image.fromarray(p.image, "RGBA") for p in prompts[:SPEED_BATCH]]
+
+    def rate(gen: Generator) -> float:
+        start = time.perf_counter()
+        gen.generate(images, samples_per_image=1, seed=3)
+        return SPEED_BATCH / (time.perf_counter() - start)
+
+    rate(shipped), rate(previous)
+    pairs = []
+    for round_ in range(SPEED_ROUNDS):
+        if round_ % 2:
+            b, a = rate(previous), rate(shipped)
+        else:
+            a, b = rate(shipped), rate(previous)
+        pairs.append((a, b))
+    return (
+        float(np.median([a for a, _ in pairs])),
+        float(np.median([b for _, b in pairs])),
+        float(np.median([a / b for a, b in pairs])),
+    )
+
+
+def family_lines(ceiling, flow: dict[str, EvalSummary], previous: dict[str, EvalSummary] | None) -> list[str]:
+    head = "| family | VAE recon. Chamfer | VAE recon. F-score | samples Chamfer | samples F-score |"
+    rule = "|---|---|---|---|---|"
+    if previous is not None:
+        head += " previous Chamfer | previous F-score |"
+        rule += "---|---|"
+    rows = [head, rule]
+    for family in [*sorted(f for f in flow if f != "all"), "all"]:
+        c = ceiling.get(family)
+        s = flow.get(family)
+        cells = [family, f"{c[0]:.4f}" if c else "-", f"{c[1]:.1f}" if c else "-", f"{s.chamfer:.4f}" if s else "-", f"{s.fscore:.1f}" if s else "-"]
+        if previous is not None:
+            p = previous.get(family)
+            cells += [f"{p.chamfer:.4f}" if p else "-", f"{p.fscore:.1f}" if p else "-"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _with_all(results: list[SampleEval]) -> dict[str, EvalSummary]:
+    return {**by_family(results), "all": summarize(results)}
 
 
 def _on_white(rgba: np.ndarray) -> np.ndarray:
@@ -65,6 +142,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4, help="samples per prompt")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=DOCS)
+    ap.add_argument("--previous", type=Path, default=None, help="previous weights folder, scored side by side")
     args = ap.parse_args()
     settings = load_settings(args.config)
     settings.shapes.heldout_objects = 8 if args.quick else args.objects
@@ -76,9 +154,30 @@ def main() -> None:
     seconds = time.time() - start
     overall = summarize(results)
     families = by_family(results)
+    ceiling = vae_ceiling(prompts, settings)
+    rows = {"base (no adapter)": overall}
+    previous_families = None
+    speed_lines: list[str] = []
+    if args.previous is not None:
+        old = settings.model_copy(deep=True)
+        old.model.weights_path = args.previous
+        old_generator = Generator.from_settings(old)
+        previous_results = evaluate_generator(old_generator, prompts, settings.sim, settings.eval)
+        rows["previous weights"] = summarize(previous_results)
+        previous_families = _with_all(previous_results)
+        shipped_rate, previous_rate, ratio = sampling_speed(generator, old_generator, prompts)
+        speed_lines = [
+            "",
+            f"Sampling speed at batch {SPEED_BATCH} on this machine, side by side in one process ({SPEED_ROUNDS} "
+            f"alternating rounds, medians): shipped {shipped_rate:.2f} samples/s, previous {previous_rate:.2f} "
+            f"samples/s, median ratio {ratio:.2f}.",
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     picture(prompts, generator, settings, args.out / "embedded_samples.png")
     record = training_record(settings.model) or {}
+    (args.out / "embedded_default.json").write_text(
+        json.dumps({"shipped": overall.to_dict(), **({"previous": rows["previous weights"].to_dict()} if args.previous else {}), "vae_ceiling": ceiling}, indent=2)
+    )
     fall = 100.0 - overall.pct_stable
     text = [
         "# The embedded default generator",
@@ -88,7 +187,8 @@ def main() -> None:
         f"pretraining x {settings.shapes.heldout_views} views), {settings.eval.samples_per_prompt} samples each, "
         f"{overall.samples} samples in all. Regenerate with `python bench/embedded_default.py` ({seconds:.0f} s here).",
         "",
-        markdown_table({"base (no adapter)": overall}),
+        markdown_table(rows),
+        *speed_lines,
         "",
         f"**{fall:.1f} % of the samples fall over** under the oracle (`dso.sim`, default settings), while the ground-truth "
         "objects all stand (pretraining dropped the few that did not).",
@@ -96,6 +196,11 @@ def main() -> None:
         "Per family:",
         "",
         markdown_table(families, label="family"),
+        "",
+        "What limits fidelity: the VAE reconstructs the held-out objects almost perfectly (its decoder is the "
+        "ceiling for the flow model), so the gap is the flow model's:",
+        "",
+        *family_lines(ceiling, _with_all(results), previous_families),
         "",
         "Geometry is scored against the prompt's ground-truth object after unit-cube normalisation and ICP "
         "(`dso.evaluate.geometry`). The prompt set's family mix is `shapes.prompt_family_weights` in "

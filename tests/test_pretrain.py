@@ -98,3 +98,45 @@ def test_run_exports_a_loadable_model(dataset_settings, tmp_path):
     prompt = training_prompt(0, 0, s.shapes)
     out = gen.generate([to_pil(prompt.image)], samples_per_image=1)
     assert out[0].occupancy.shape == (32, 32, 32)
+
+
+def test_warm_started_flow_with_ema_resumes_bit_exactly_and_exports_the_ema(dataset_settings, tmp_path):
+    """The second pretraining chunk: start from an exported folder, keep its VAE, train the flow with an EMA."""
+    from dso.models.factory import load_tiny_modules_for_training
+
+    base, data = dataset_settings
+    first = base.model_copy(deep=True)
+    first.pretrain.vae_steps = 2
+    first.pretrain.flow_steps = 2
+    first.pretrain.output_dir = tmp_path / "first"
+    first.pretrain.output_dir.mkdir()
+    (first.pretrain.output_dir / "dataset.npz").symlink_to(base.pretrain.output_dir / "dataset.npz")
+    first.pretrain.export_dir = tmp_path / "stage1"
+    stage1 = Pretrainer(first, progress=False).run()
+
+    def run(steps, out):
+        s = base.model_copy(deep=True)
+        s.pretrain.init_from = stage1
+        s.pretrain.vae_steps = 0
+        s.pretrain.flow_steps = steps
+        s.pretrain.flow_ema = 0.9
+        s.pretrain.output_dir = out
+        pt = Pretrainer(s, progress=False)
+        pt.train_vae(data)
+        pt.train_flow(data, pt.encode_latents(data))
+        return pt
+
+    straight = run(6, tmp_path / "a")
+    run(3, tmp_path / "b")
+    resumed = run(6, tmp_path / "b")
+    for name in ("flow", "image_encoder"):
+        a = getattr(straight.exported_modules(), name).state_dict()
+        b = getattr(resumed.exported_modules(), name).state_dict()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    # the VAE is the warm start's, untouched (vae_steps=0); the exported flow is the EMA, not the live weights
+    start = load_tiny_modules_for_training(stage1, base.model)
+    for k, v in start.encoder.state_dict().items():
+        assert torch.equal(v, straight.modules.encoder.state_dict()[k]), k
+    live, ema = straight.modules.flow.state_dict(), straight.exported_modules().flow.state_dict()
+    assert any(not torch.equal(live[k], ema[k]) for k in live if live[k].dtype.is_floating_point)
