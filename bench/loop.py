@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
     started = time.time()
     summary = run_loop(settings)
     wall = time.time() - started
-    store = AdapterStore(settings.broker.resolved_adapter_store_dir)
+    store = AdapterStore.from_settings(settings.broker)
     created = created_times(store)
     promoted, canary, adopted = promoted_times(run_dir, settings)
     torch.set_num_threads(os.cpu_count() or 1)

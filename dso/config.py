@@ -10,11 +10,12 @@ Pure libraries receive their own section object, never the whole tree.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the presets, package data (pyproject.toml)
 CONFIG_PREFIX = "configs"  # `--config configs/run.yaml` names the packaged preset from any directory
@@ -347,8 +348,24 @@ class BrokerSettings(Section):
     # live statistics
     stats_window_samples: int = Field(default=1000, gt=0)  # sliding window: last N events ...
     stats_window_seconds: float = Field(default=300.0, gt=0)  # ... no older than T seconds
-    # adapter store (files)
-    adapter_store_dir: Path | None = None  # None -> run_dir/adapters
+    # adapter store (files; dso.broker.adapter_store). A path or a filesystem URL: a plain path or file:// is a
+    # local (or mounted ReadWriteMany) directory; s3://bucket/prefix, gs://bucket/prefix and the rest of what
+    # pyarrow.fs opens put versions on object storage, with the manifest as the commit point and one learner per
+    # store. None -> run_dir/adapters. Credentials come from the environment only (AWS_ACCESS_KEY_ID /
+    # AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION, GOOGLE_APPLICATION_CREDENTIALS), never from this file.
+    adapter_store_dir: str | None = None
+    # endpoint of an S3-compatible server (MinIO, moto, Ceph RGW), e.g. http://minio.storage:9000; s3:// URLs only.
+    # None: AWS itself, or the AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 environment variable
+    adapter_store_endpoint: str | None = None
+    # where readers of an object-store adapter store keep local copies (PEFT and the API archive need files),
+    # keyed by store, version and sha256. None -> <system temp dir>/dso-adapter-cache, local to each node
+    adapter_cache_dir: Path | None = None
+
+    @field_validator("adapter_store_dir", mode="before")
+    @classmethod
+    def _store_path_as_text(cls, value: Any) -> Any:
+        """A Path (tests, older callers) is the same store as its text; URLs stay as written."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @model_validator(mode="after")
     def _maxlen_above_backlog(self) -> "BrokerSettings":
@@ -364,8 +381,13 @@ class BrokerSettings(Section):
         return self.run_dir / "valkey"
 
     @property
-    def resolved_adapter_store_dir(self) -> Path:
-        return self.adapter_store_dir if self.adapter_store_dir is not None else self.run_dir / "adapters"
+    def resolved_adapter_store_dir(self) -> str:
+        """The adapter store root: a local path or a filesystem URL (``AdapterStore`` takes either)."""
+        return self.adapter_store_dir if self.adapter_store_dir is not None else str(self.run_dir / "adapters")
+
+    @property
+    def resolved_adapter_cache_dir(self) -> Path:
+        return self.adapter_cache_dir if self.adapter_cache_dir is not None else Path(tempfile.gettempdir()) / "dso-adapter-cache"
 
 
 class TrainSettings(Section):
@@ -511,30 +533,6 @@ class GateSettings(Section):
     rollback_after: int = Field(2, ge=1)  # ... this many in a row (one refusal near a bound may be the probe's noise)
 
 
-class ScalingSettings(Section):
-    """How many simulators the samples stream's backlog asks for (dso.scaling; the chart's KEDA ScaledObject).
-
-    The rule is the HorizontalPodAutoscaler's, which KEDA drives: enough simulators for the undelivered
-    samples at ``lag_per_replica`` each and for the work in flight, within [min, max]; changes inside
-    ``tolerance`` are ignored, and a scale-down waits out ``scale_down_stabilization_s`` (hysteresis).
-    """
-
-    min_replicas: int = Field(1, ge=0)  # 0: scale to zero when the stream is idle (KEDA's activation)
-    max_replicas: int = Field(16, ge=1)
-    # undelivered samples one simulator is expected to carry; lower scales out sooner. A simulator labels
-    # ~169 samples/s per core (docs/benchmarks.md), so 8 queued is a ~50 ms wait, a few generator batches
-    lag_per_replica: int = Field(8, ge=1)
-    tolerance: float = Field(0.1, ge=0, lt=1)  # the HPA's default: |desired / current - 1| within this -> keep
-    scale_down_stabilization_s: float = Field(300.0, ge=0)  # the HPA's default window: highest recommendation wins
-    polling_interval_s: int = Field(15, ge=1)  # how often the lag is read (KEDA pollingInterval)
-
-    @model_validator(mode="after")
-    def _min_below_max(self) -> "ScalingSettings":
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(f"scaling.min_replicas ({self.min_replicas}) exceeds scaling.max_replicas ({self.max_replicas})")
-        return self
-
-
 class ApiSettings(Section):
     """HTTP API (dso.api) and the Prometheus endpoints of every loop process (dso.telemetry)."""
 
@@ -607,7 +605,6 @@ class Settings(Section):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # web console + sample endpoints (dso.api)
     canary: CanarySettings = Field(default_factory=CanarySettings)  # scores every candidate adapter
     gate: GateSettings = Field(default_factory=GateSettings)  # which candidates are promoted
-    scaling: ScalingSettings = Field(default_factory=ScalingSettings)  # simulators by the samples stream's lag
 
     @model_validator(mode="after")
     def _one_sigma_min(self) -> Settings:

@@ -543,3 +543,35 @@ def test_cpu_only_values_ask_for_no_gpu(chart: Any) -> None:
     for where, template in pod_templates(one(docs, "RayJob")):
         limits = template["spec"]["containers"][0].get("resources", {}).get("limits", {})
         assert "nvidia.com/gpu" not in limits, where
+
+
+OBJECT_STORE = {"adapterStore": {"url": "s3://dso-bucket/runs/adapters", "endpoint": "http://minio.storage:9000", "region": "eu-west-1",
+                                 "credentials": {"existingSecret": "dso-s3"}}}
+
+
+def test_adapters_on_object_storage_get_url_endpoint_and_credentials_from_a_secret(chart: Any, tmp_path: Path) -> None:
+    report = helm.lint(CHART, OBJECT_STORE, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}.0")
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == [], report
+    docs = render(chart, OBJECT_STORE)
+    for doc in docs:
+        if doc["apiVersion"] not in ("ray.io/v1", "monitoring.coreos.com/v1"):
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    config_map = next(d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config"))
+    (tmp_path / "config.yaml").write_text(config_map["data"]["config.yaml"])
+    settings = load_settings(tmp_path / "config.yaml", environ={})
+    assert settings.broker.adapter_store_dir == "s3://dso-bucket/runs/adapters"
+    assert settings.broker.adapter_store_endpoint == "http://minio.storage:9000"
+    templates = [t for t in pod_templates_of(docs) if "DSO__BROKER__REDIS_URL" in container_env(t)]  # DSO's own pods
+    assert len(templates) >= 5
+    for template in templates:
+        env = container_env(template)
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "dso-s3", "key": "AWS_ACCESS_KEY_ID"}
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "dso-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+        assert env["AWS_DEFAULT_REGION"]["value"] == "eu-west-1"
+    assert not any(name.startswith("AWS_") for t in pod_templates_of(render_default()) for name in container_env(t))
+    with pytest.raises(helm.HelmError, match="does not match"):
+        chart.render(values={"adapterStore": {"url": "/data/adapters"}}, name=RELEASE, namespace=NAMESPACE)
+
+
+def pod_templates_of(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [t for d in docs for _, t in pod_templates(d)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
@@ -77,8 +76,7 @@ async def _check_redis(ctx: ApiContext) -> str:
 
 
 def _check_adapter_store(ctx: ApiContext) -> str:
-    root = ctx.broker.adapters.root
-    return "ok" if root.is_dir() and os.access(root, os.R_OK | os.X_OK) else f"adapter store {root} is not readable"
+    return ctx.broker.adapters.check()  # a directory listing, or one LIST on object storage
 
 
 def _check_component(check: Any) -> str:
@@ -95,7 +93,7 @@ def _check_component(check: Any) -> str:
     responses={503: {"model": Readiness, "description": "Not ready; checks say what is wrong"}},
 )
 async def readyz(ctx: ApiContext = Depends(get_context)) -> JSONResponse:
-    checks = {"redis": await _check_redis(ctx), "adapter_store": _check_adapter_store(ctx)}
+    checks = {"redis": await _check_redis(ctx), "adapter_store": await run_in_threadpool(_check_adapter_store, ctx)}
     for name, check in ctx.component_checks.items():
         checks[name] = await run_in_threadpool(_check_component, check)
     if ctx.settings.ready_requires and checks["redis"] == "ok":

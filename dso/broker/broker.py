@@ -40,7 +40,7 @@ def announce_unregistered(adapters: AdapterStore, registry: AdapterRegistry) -> 
     for version in missing:
         registry.announce(adapters.manifest(version))
     if missing:
-        log.warning("announced adapter versions %s found in %s but not in the registry", missing, adapters.root)
+        log.warning("announced adapter versions %s found in %s but not in the registry", missing, adapters.url)
     return missing
 
 
@@ -76,14 +76,6 @@ class Broker:
         """True when the server answers (raises ``dso.broker.BrokerError`` when it does not)."""
         return bool(self.connection.client.ping())
 
-    def server_counters(self) -> dict[str, float]:
-        """The server's memory, traffic and CPU counters (INFO memory, stats, cpu), for load tests and capacity planning."""
-        client = self.connection.client
-        info = {**client.info("memory"), **client.info("stats"), **client.info("cpu")}
-        names = ("used_memory", "total_commands_processed", "total_net_input_bytes", "total_net_output_bytes",
-                 "used_cpu_sys", "used_cpu_user")
-        return {name: float(info.get(name, 0)) for name in names}
-
     def transaction(self) -> Any:
         """A write batch applied all or nothing on ``execute()``.
 
@@ -110,7 +102,7 @@ class Broker:
         for queue in (samples, labelled):
             queue.ensure_group()
         registry = AdapterRegistry(client, keys, settings)
-        adapters = AdapterStore(settings.resolved_adapter_store_dir, notifier=registry)
+        adapters = AdapterStore.from_settings(settings, notifier=registry)
         announce_unregistered(adapters, registry)
         return cls(
             settings=settings,

@@ -116,7 +116,7 @@ def run_loop(
     wait_s = max(settings.broker.connect_wait_s, settings.broker.server_start_timeout_s)
     actor_broker = {"redis_url": broker.url, "connect_wait_s": wait_s}
     settings = settings.model_copy(update={"broker": settings.broker.model_copy(update=actor_broker)})
-    console.print(f"broker: {broker.url}   run dir: {run_dir}   adapters: {broker.adapters.root}")
+    console.print(f"broker: {broker.url}   run dir: {run_dir}   adapters: {broker.adapters.url}")
     started_ray = False
     runner: LoopRunner | None = None
     api: LoopApi | None = None

@@ -60,7 +60,7 @@ def collect_summary(broker: Broker, run_dir: Path, seconds: float, endpoints: di
     snapshot = broker.stats.snapshot()
     return LoopSummary(
         run_dir=str(run_dir),
-        adapter_dir=str(broker.adapters.root),
+        adapter_dir=broker.adapters.url,
         seconds=seconds,
         totals=snapshot["totals"],
         by_version=snapshot["by_version"],

@@ -146,9 +146,33 @@ with Kubernetes' $(DSO_REDIS_PASSWORD) expansion, so it never appears in a manif
   value: {{ include "dso.redis.url" . | quote }}
 - name: DSO_METRICS_PORT
   value: {{ .Values.monitoring.dsoMetricsPort | quote }}
+{{- include "dso.adapterStoreEnv" . }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* Object-store credentials for the adapter store: standard AWS variables, values from a Secret. */}}
+{{- define "dso.adapterStoreEnv" -}}
+{{- $store := .Values.adapterStore -}}
+{{- if $store.url -}}
+{{- with $store.credentials.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $store.credentials.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $store.credentials.secretAccessKeyKey }}
+{{- end }}
+{{- with $store.region }}
+- name: AWS_DEFAULT_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{- define "dso.volumeMounts" -}}
