@@ -533,6 +533,30 @@ class GateSettings(Section):
     rollback_after: int = Field(2, ge=1)  # ... this many in a row (one refusal near a bound may be the probe's noise)
 
 
+class ScalingSettings(Section):
+    """How many simulators the samples stream's backlog asks for (dso.scaling; the chart's KEDA ScaledObject).
+
+    The rule is the HorizontalPodAutoscaler's, which KEDA drives: enough simulators for the undelivered
+    samples at ``lag_per_replica`` each and for the work in flight, within [min, max]; changes inside
+    ``tolerance`` are ignored, and a scale-down waits out ``scale_down_stabilization_s`` (hysteresis).
+    """
+
+    min_replicas: int = Field(1, ge=0)  # 0: scale to zero when the stream is idle (KEDA's activation)
+    max_replicas: int = Field(16, ge=1)
+    # undelivered samples one simulator is expected to carry; lower scales out sooner. A simulator labels
+    # ~169 samples/s per core (docs/benchmarks.md), so 8 queued is a ~50 ms wait, a few generator batches
+    lag_per_replica: int = Field(8, ge=1)
+    tolerance: float = Field(0.1, ge=0, lt=1)  # the HPA's default: |desired / current - 1| within this -> keep
+    scale_down_stabilization_s: float = Field(300.0, ge=0)  # the HPA's default window: highest recommendation wins
+    polling_interval_s: int = Field(15, ge=1)  # how often the lag is read (KEDA pollingInterval)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> "ScalingSettings":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"scaling.min_replicas ({self.min_replicas}) exceeds scaling.max_replicas ({self.max_replicas})")
+        return self
+
+
 class ApiSettings(Section):
     """HTTP API (dso.api) and the Prometheus endpoints of every loop process (dso.telemetry)."""
 
@@ -605,6 +629,7 @@ class Settings(Section):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # web console + sample endpoints (dso.api)
     canary: CanarySettings = Field(default_factory=CanarySettings)  # scores every candidate adapter
     gate: GateSettings = Field(default_factory=GateSettings)  # which candidates are promoted
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)  # simulators by the samples stream's lag
 
     @model_validator(mode="after")
     def _one_sigma_min(self) -> Settings:

@@ -76,6 +76,14 @@ class Broker:
         """True when the server answers (raises ``dso.broker.BrokerError`` when it does not)."""
         return bool(self.connection.client.ping())
 
+    def server_counters(self) -> dict[str, float]:
+        """The server's memory, traffic and CPU counters (INFO memory, stats, cpu), for load tests and capacity planning."""
+        client = self.connection.client
+        info = {**client.info("memory"), **client.info("stats"), **client.info("cpu")}
+        names = ("used_memory", "total_commands_processed", "total_net_input_bytes", "total_net_output_bytes",
+                 "used_cpu_sys", "used_cpu_user")
+        return {name: float(info.get(name, 0)) for name in names}
+
     def transaction(self) -> Any:
         """A write batch applied all or nothing on ``execute()``.
 

@@ -257,6 +257,10 @@ class WorkQueue:
         """Entries not yet acked: undelivered plus pending."""
         return self.depth().backlog
 
+    def memory_bytes(self) -> int:
+        """Bytes the server holds for this queue's stream (MEMORY USAGE, every node sampled): capacity planning."""
+        return int(self.client.memory_usage(self.stream_key, samples=0) or 0)
+
     def dead_letter_count(self) -> int:
         """Entries in the run's dead-letter stream (shared by every queue; capped, newest kept)."""
         return int(self.client.xlen(self.dead_key))
