@@ -5,6 +5,8 @@ is batch 1 of the same config in the same run; ratios are quoted against it.
 
     python bench/generator.py            # writes the "Generator" section of docs/benchmarks.md
     python bench/generator.py --quick
+    python bench/generator.py --config trellis --source random --device cuda --batches 1 8 --dtypes fp32 bf16 \
+        --json out.json                  # chosen cases only (bench/gpu.sh); prints, writes no docs
 """
 
 from __future__ import annotations
@@ -100,6 +102,38 @@ def spawn(config: str, batch: int, dtype: str, device: str, reps: int, source: s
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def table(results: list[dict]) -> list[str]:
+    """Markdown rows; "x batch-1" is against the first case (batch 1 of the first config), for that config only."""
+    base = results[0]
+    header = "| config | device | dtype | batch | samples/s | x batch-1 | s/batch | peak RSS MB | peak GPU MB |"
+    rows = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        ratio = r["samples_per_s"] / base["samples_per_s"] if r["config"] == base["config"] else float("nan")
+        rows.append(
+            f"| {r['config']} | {r['device']} | {r['dtype']} | {r['batch']} | {r['samples_per_s']:.2f} | "
+            f"{ratio:.2f} | {r['seconds_per_batch']:.3f} | {r['peak_rss_mb']:.0f} | {r.get('peak_gpu_mb', float('nan')):.0f} |"
+        )
+    return rows
+
+
+def run_chosen(args: argparse.Namespace) -> int:
+    """``--config``: each (batch, dtype) case in its own process; a failed case is recorded and the rest still run."""
+    reps = args.reps or (2 if args.quick else 5)
+    results, failed = [], []
+    for d in args.dtypes:
+        for b in args.batches:
+            try:
+                results.append(spawn(args.config, b, d, args.device, reps, source=args.source))
+            except RuntimeError as exc:
+                failed.append({"config": args.config, "batch": b, "dtype": d, "device": args.device, "error": str(exc)[-2000:]})
+                print(f"FAILED: {args.config} b{b} {d} on {args.device}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({"reps": reps, "source": args.source, "results": results, "failed": failed}, indent=2))
+    if results:
+        print("\n".join(table(results)))
+    return 1 if failed or not results else 0
+
+
 def write_section(lines: list[str]) -> None:
     write_section_in(DOCS, SECTION, "\n".join([SECTION, "", *lines]))
 
@@ -109,28 +143,31 @@ def main() -> None:
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--config", help="run only this config over --batches x --dtypes (no docs written)")
+    ap.add_argument("--device", default="cpu", help="with --config: cpu | cuda")
+    ap.add_argument("--source", default="", help="with --config: model.source (random: that size, random weights)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="with --config")
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], help="with --config")
+    ap.add_argument("--reps", type=int, help="timed batches per case (default: 2 with --quick, else 5)")
+    ap.add_argument("--json", type=Path, help="also write the results (and failed cases) as JSON here")
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(*json.loads(args.case))))
         return
+    if args.config:
+        sys.exit(run_chosen(args))
 
     import torch
 
-    reps = 2 if args.quick else 5
+    reps = args.reps or (2 if args.quick else 5)
     cases = [("tiny", 1, "fp32", "cpu"), ("tiny", 8, "fp32", "cpu"), ("tiny", 8, "bf16", "cpu")]
     results = [spawn(c, b, d, dev, reps) for c, b, d, dev in cases]
     if torch.cuda.is_available():
         for b, d in ((1, "bf16"), (4, "bf16"), (4, "fp16")):
             results.append(spawn("trellis", b, d, "cuda", 2 if args.quick else 3, source="random"))
-    base = results[0]["samples_per_s"]
-    header = "| config | device | dtype | batch | samples/s | x batch-1 | s/batch | peak RSS MB | peak GPU MB |"
-    rows = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        ratio = r["samples_per_s"] / base if r["config"] == "tiny" else float("nan")
-        rows.append(
-            f"| {r['config']} | {r['device']} | {r['dtype']} | {r['batch']} | {r['samples_per_s']:.2f} | "
-            f"{ratio:.2f} | {r['seconds_per_batch']:.3f} | {r['peak_rss_mb']:.0f} | {r.get('peak_gpu_mb', float('nan')):.0f} |"
-        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    rows = table(results)
     print("\n".join(rows))
     if not args.no_write:
         note = [

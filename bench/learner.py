@@ -1,6 +1,7 @@
 """Benchmark one learner step: DRO vs DPO step time and peak memory, side by side in one run.
 
     python bench/learner.py [--steps 10] [--repeats 2] [--batch N] [--size tiny|trellis-l] [--no-write]
+                            [--objectives dro dpo] [--json results.json]
 
 Default size: the embedded tiny model on the CPU (batch = train.batch_size of
 configs/tiny.yaml); with a CUDA GPU present it defaults to TRELLIS-L stage 1
@@ -26,6 +27,7 @@ CPU. Results go to docs/benchmarks.md, section "## Learner".
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -34,6 +36,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from queue import Empty
+
 from benchdocs import write_section as write_section_in
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,11 +58,19 @@ OBJECTIVES = {  # bench name -> ObjectiveSettings fields
     "dro-eq5": {"name": "dro_eq5"},
     "dpo": {"name": "dpo"},
 }
-LABELS = {"dro": "DRO", "dro-unanchored": "DRO, unanchored (Eq. 5)", "dpo": "DPO"}
+LABELS = {"dro": "DRO", "dro-eq5": "DRO, unanchored (Eq. 5)", "dpo": "DPO"}
 
 
 def _measure(objective: str, samples: int, size: str, steps: int, threads: int, queue) -> None:
-    """Child process: build the model and a synthetic batch, time ``steps`` optimiser steps."""
+    """Child process: one measurement, or ``{"error": ...}`` when it fails (out of GPU memory, say)."""
+    try:
+        queue.put(_measure_case(objective, samples, size, steps, threads))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which records the case as failed
+        queue.put({"error": f"{type(exc).__name__}: {exc}"[:2000]})
+
+
+def _measure_case(objective: str, samples: int, size: str, steps: int, threads: int) -> dict:
+    """Build the model and a synthetic batch, time ``steps`` optimiser steps."""
     import torch
 
     from dso.config import FlowTransformerSettings, LoraSettings, ObjectiveSettings, TrainSettings, load_settings
@@ -105,15 +117,13 @@ def _measure(objective: str, samples: int, size: str, steps: int, threads: int, 
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
-    queue.put(
-        {
-            "median_s": statistics.median(times),
-            "min_s": min(times),
-            "peak_bytes": int(peak),
-            "saved_bytes": _saved_activation_bytes(tuner, batch),
-            "device": str(device),
-        }
-    )
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "peak_bytes": int(peak),
+        "saved_bytes": _saved_activation_bytes(tuner, batch),
+        "device": str(device),
+    }
 
 
 def _saved_activation_bytes(tuner, batch) -> int:
@@ -138,7 +148,17 @@ def measure(objective: str, samples: int, size: str, steps: int, threads: int) -
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure, args=(objective, samples, size, steps, threads, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a child that dies without reporting (killed for memory, say) is a failed case, not a hang
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():
+                try:
+                    result = queue.get(timeout=1)
+                except Empty:
+                    result = {"error": f"the measuring process died (exit code {proc.exitcode})"}
+                break
     proc.join()
     return result
 
@@ -151,7 +171,7 @@ def best(runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from dso.config import load_settings
+    from dso.config import LoraSettings, load_settings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gpu = torch.cuda.is_available()
@@ -162,27 +182,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads (tiny size)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=list(OBJECTIVES), help="objectives measured (dpo always)")
+    parser.add_argument("--json", type=Path, help="also write every measurement as JSON here")
     args = parser.parse_args(argv)
+    objectives = [o for o in OBJECTIVES if o in args.objectives or o == "dpo"]  # DPO is every ratio's denominator
     config = "trellis" if args.size == "trellis-l" else "tiny"
     cfg = load_settings(config, environ={})
     b = args.batch or (6 if args.size == "trellis-l" else cfg.train.batch_size)
+    lora_r = LoraSettings().r if args.size == "trellis-l" else cfg.lora.r  # as _measure builds it
     if b % 2:
         parser.error("--batch must be even (DPO needs pairs)")
     cases = {}
     for conv in CONVENTIONS:
-        for objective in OBJECTIVES:
+        for objective in objectives:
             cases[(conv, objective)] = 2 * b if (conv == "equal items" and objective == "dpo") else b
     runs: dict = {k: [] for k in cases}
+    failed: dict = {}
     for _ in range(args.repeats):
         for key, samples in cases.items():
-            runs[key].append(measure(key[1], samples, args.size, args.steps, args.threads))
-            r = runs[key][-1]
+            r = measure(key[1], samples, args.size, args.steps, args.threads)
+            if "error" in r:
+                failed[key] = r["error"]
+                print(f"{key[0]:>13} {key[1]}: {samples} samples  FAILED: {r['error']}")
+                continue
+            runs[key].append(r)
             print(
                 f"{key[0]:>13} {key[1]}: {samples} samples  {r['median_s'] * 1e3:8.1f} ms/step  "
                 f"peak {r['peak_bytes'] / 2**20:8.1f} MiB  saved {r['saved_bytes'] / 2**20:8.1f} MiB"
             )
-    res = {k: best(v) for k, v in runs.items()}
-    device = res[("equal samples", "dpo")]["device"]
+    res = {k: best(v) for k, v in runs.items() if v}
+    device = next(iter(res.values()))["device"] if res else "none measured"
     where = torch.cuda.get_device_name(0) if gpu else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
     mem_label = "peak GPU memory" if gpu else "peak RSS growth"
     lines = [
@@ -203,11 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = []
     mem_key = "peak_bytes" if gpu else "saved_bytes"  # RSS growth on a CPU is allocator noise; saved bytes are exact
     for conv in CONVENTIONS:
-        dpo = res[(conv, "dpo")]
-        for objective in OBJECTIVES:
-            r = res[(conv, objective)]
+        dpo = res.get((conv, "dpo"))
+        for objective in objectives:
+            r = res.get((conv, objective))
+            if r is None:
+                lines.append(f"| {conv} | {LABELS[objective]} | {cases[(conv, objective)]} | failed | | | | |")
+                continue
             ratio_cells = " | "
-            if objective != "dpo":
+            if objective != "dpo" and dpo is not None:
                 t_ratio = r["median_s"] / dpo["median_s"]
                 m_ratio = r[mem_key] / dpo[mem_key] if dpo[mem_key] > 0 else float("nan")
                 ratio_cells = f"{t_ratio:.2f} | {m_ratio:.2f}"
@@ -232,6 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     body = "\n".join(lines)
     print(body)
+    if args.json:
+        measured = [{"convention": c, "objective": o, "samples": cases[(c, o)], **r} for (c, o), r in res.items()]
+        errors = [{"convention": c, "objective": o, "samples": cases[(c, o)], "error": e} for (c, o), e in failed.items()]
+        summary = {"size": args.size, "batch": b, "steps": args.steps, "lora_r": lora_r, "results": measured, "failed": errors}
+        args.json.write_text(json.dumps(summary, indent=2))
+    if failed:
+        print(f"{len(failed)} case(s) failed; docs not written", file=sys.stderr)
+        return 1
     if not args.no_write:
         _write_section(args.output, body)
     return 0
