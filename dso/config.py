@@ -405,6 +405,38 @@ class TrainSettings(Section):
     output_dir: Path = Path("runs/train")
 
 
+class RolePlacement(Section):
+    """Where Ray puts the actors of one role, and what their processes see (``loop.placement.<role>``).
+
+    ``resources``: custom Ray resources each actor of the role asks for, so a role lands only on nodes
+    that advertise them (``ray start --resources '{"dso_simulator": 4}'``; a KubeRay worker group's
+    ``rayStartParams.resources``). An actor whose node is lost is restarted on another node with the
+    resource, so give it to more than one node. ``env_vars``: environment of the role's actor processes
+    (Ray ``runtime_env``), e.g. ``TMPDIR`` for the node-local adapter cache or a role's ``AWS_*``
+    profile. Both empty (the default): any node, the raylet's environment.
+    """
+
+    resources: dict[str, float] = Field(default_factory=dict)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("resources")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, amount in value.items() if amount <= 0]
+        if bad:
+            raise ValueError(f"placement resources must be positive amounts: {', '.join(bad)}")
+        return value
+
+
+class PlacementSettings(Section):
+    """Per-role Ray placement (``loop.placement``): which nodes run generators, simulators, learner, canary."""
+
+    generator: RolePlacement = Field(default_factory=RolePlacement)
+    simulator: RolePlacement = Field(default_factory=RolePlacement)
+    learner: RolePlacement = Field(default_factory=RolePlacement)
+    canary: RolePlacement = Field(default_factory=RolePlacement)
+
+
 class LoopSettings(Section):
     """The online loop (dso.actors, dso.jobs): who runs where, batch sizes, publishing cadence."""
 
@@ -453,6 +485,7 @@ class LoopSettings(Section):
     run_dir: Path | None = None  # checkpoints and summary; None -> broker.run_dir
     api_enabled: bool = True  # serve the HTTP API (on api.host:api.port) inside `dso run`; the Ray job only with --api
     api_token_bytes: int = Field(24, ge=16)  # random write token made for a session when DSO_API_TOKEN is unset
+    placement: PlacementSettings = Field(default_factory=PlacementSettings)  # per-role Ray resources / env (RolePlacement)
 
 
 class DatasetSettings(Section):

@@ -1,10 +1,11 @@
-"""Shared test set-up: torch small and deterministic on a 2-core CI machine; the broker fixtures."""
+"""Shared test set-up: torch small and deterministic on a 2-core CI machine; the broker fixtures; a local S3 API."""
 
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+import socket  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -35,3 +36,21 @@ def redis_client(valkey_server: EmbeddedValkey) -> Iterator[redis.Redis]:
 @pytest.fixture()
 def broker_settings(tmp_path: Path, valkey_server: EmbeddedValkey) -> BrokerSettings:
     return make_settings(tmp_path, redis_url=valkey_server.url)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 API server on 127.0.0.1 (a real HTTP endpoint, nothing leaves the machine); skips without moto[server].
+
+    Clients authenticate with ``conftest_broker.S3_TEST_ENV`` (any credentials work; set them in the environment).
+    """
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] (a dev dependency) is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

@@ -17,6 +17,12 @@ from dso.broker.records import LabelledRecord, SampleRecord
 from dso.config import BrokerSettings
 from dso.sim.verdict import Outcome, SimStatus, Verdict
 
+# what clients of the test S3 server (conftest.py's ``s3_endpoint``) put in the environment, as in production
+S3_TEST_ENV: dict[str, str] = {
+    "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
 # fast settings: short idle before reclaim, no blocking reads, a small replay buffer
 FAST_OVERRIDES: dict[str, Any] = {
     "claim_idle_ms": 100,

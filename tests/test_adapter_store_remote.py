@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_broker import make_settings
+from conftest_broker import S3_TEST_ENV, make_settings
 from test_api_adapters import LORA, promote, tiny_base, trained_adapter
 from test_broker_adapters import peft_folder
 
@@ -26,35 +25,16 @@ from dso.broker import AdapterIntegrityError, AdapterStore, AdapterStoreError, B
 from dso.broker.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, sha256_file
 from dso.models.lora import flow_model_probe
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] (a dev dependency) is not installed")
+pytest.importorskip("moto.server", reason="moto[server] (a dev dependency) is not installed")  # s3_endpoint: conftest.py
 boto3 = pytest.importorskip("boto3")
 
 BUCKET = "dso-adapters"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 API server on 127.0.0.1 (a real HTTP endpoint, nothing leaves the machine)."""
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture()
 def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """A boto3 client for the bucket; credentials from the standard AWS variables, as in production."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    for name, value in S3_TEST_ENV.items():
         monkeypatch.setenv(name, value)
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:

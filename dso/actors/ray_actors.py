@@ -3,7 +3,8 @@
 Actors are threaded (``max_concurrency=2``) so ``stop()`` can be called while
 ``run()`` is looping. Resources (CPUs, GPUs) are set per role by
 :func:`actor_options` from ``LoopSettings``; on a 2-core laptop the fractional
-CPUs let one generator, one simulator and the learner share the machine.
+CPUs let one generator, one simulator and the learner share the machine. On a cluster,
+``loop.placement.<role>`` (custom resources, env vars) puts each role on its own nodes.
 
 Each actor is its own process, so each serves its own Prometheus ``/metrics``
 (:mod:`dso.actors.exporter`) from construction until its loop ends.
@@ -170,11 +171,19 @@ class CanaryActor(_RoleActor):
 
 
 def actor_options(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Ray resource options per role (restarts included: a crashed actor comes back and resumes)."""
+    """Ray options per role: CPUs / GPUs, restarts (a crashed actor comes back and resumes) and the role's
+    placement (``loop.placement.<role>``: custom resources pick its nodes, env vars its processes' environment)."""
     loop = settings.loop
-    return {
+    options = {
         "generator": {"num_cpus": loop.generator_num_cpus, "num_gpus": loop.generator_num_gpus, "max_restarts": -1},
         "simulator": {"num_cpus": loop.simulator_num_cpus, "num_gpus": 0, "max_restarts": -1},
         "learner": {"num_cpus": loop.learner_num_cpus, "num_gpus": loop.learner_num_gpus, "max_restarts": -1},
         "canary": {"num_cpus": settings.canary.num_cpus, "num_gpus": settings.canary.num_gpus, "max_restarts": -1},
     }
+    for role, role_options in options.items():
+        placement = getattr(loop.placement, role)
+        if placement.resources:
+            role_options["resources"] = dict(placement.resources)
+        if placement.env_vars:
+            role_options["runtime_env"] = {"env_vars": dict(placement.env_vars)}
+    return options
