@@ -168,6 +168,9 @@ def main() -> None:
         shipped_rate, previous_rate, ratio = sampling_speed(generator, old_generator, prompts)
         speed_lines = [
             "",
+            f"`previous weights`: the folder `{args.previous}` (the weights shipped before these), sampled with the "
+            "same settings, prompts and seeds.",
+            "",
             f"Sampling speed at batch {SPEED_BATCH} on this machine, side by side in one process ({SPEED_ROUNDS} "
             f"alternating rounds, medians): shipped {shipped_rate:.2f} samples/s, previous {previous_rate:.2f} "
             f"samples/s, median ratio {ratio:.2f}.",
