@@ -42,11 +42,10 @@ SPEED_BATCH = 8  # the issue's sampling-speed check: batch 8 on 2 cores
 SPEED_ROUNDS = 9
 
 
-def vae_ceiling(prompts, settings) -> dict[str, tuple[float, float, int]]:
+def vae_ceiling(prompts, settings, generator: Generator) -> dict[str, tuple[float, float, int]]:
     """(Chamfer, F-score %, objects) of the VAE's reconstruction of each held-out object, per family and overall."""
     objects = {p.object.seed: p.object for p in prompts}
     encoder = load_vae_encoder(settings.model)
-    generator = Generator.from_settings(settings)
     grids = torch.from_numpy(np.stack([o.occupancy for o in objects.values()])).float().unsqueeze(1)
     with torch.no_grad():
         _, mean, _ = encoder(grids, sample_posterior=False, return_raw=True)
@@ -154,7 +153,7 @@ def main() -> None:
     seconds = time.time() - start
     overall = summarize(results)
     families = by_family(results)
-    ceiling = vae_ceiling(prompts, settings)
+    ceiling = vae_ceiling(prompts, settings, generator)
     rows = {"base (no adapter)": overall}
     previous_families = None
     speed_lines: list[str] = []

@@ -229,18 +229,23 @@ class _LocalFiles:
         return manifest
 
     def clean_stale_temp(self, older_than_s: float) -> list[Path]:
-        removed = []
-        cutoff = time.time() - older_than_s
-        for entry in self.root.iterdir():
-            if entry.name.startswith(TMP_PREFIX) and entry.is_dir() and entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-        return removed
+        return _sweep_temp_dirs(self.root, older_than_s)
 
     def check(self) -> str:
         ok = self.root.is_dir() and os.access(self.root, os.R_OK | os.X_OK)
         return "ok" if ok else f"adapter store {self.root} is not readable"
 
+
+
+def _sweep_temp_dirs(folder: Path, older_than_s: float) -> list[Path]:
+    """Remove the temp dirs (a crashed publish or download) under ``folder`` older than ``older_than_s``."""
+    removed = []
+    cutoff = time.time() - older_than_s
+    for entry in folder.iterdir():
+        if entry.name.startswith(TMP_PREFIX) and entry.is_dir() and entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 class _ObjectFiles:
     """An object-store prefix through pyarrow.fs: the manifest is the commit point; readers pull into a local cache."""
@@ -349,14 +354,7 @@ class _ObjectFiles:
 
     def clean_stale_temp(self, older_than_s: float) -> list[Path]:
         """Nothing to sweep remotely (no temp objects); old local cache downloads that crashed are removed."""
-        removed = []
-        cutoff = time.time() - older_than_s
-        if self.cache_dir.is_dir():
-            for entry in self.cache_dir.iterdir():
-                if entry.name.startswith(TMP_PREFIX) and entry.is_dir() and entry.stat().st_mtime < cutoff:
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(entry)
-        return removed
+        return _sweep_temp_dirs(self.cache_dir, older_than_s) if self.cache_dir.is_dir() else []
 
     def check(self) -> str:
         from pyarrow import fs as pafs

@@ -159,7 +159,11 @@ class Pretrainer:
             self.modules = load_tiny_modules_for_training(Path(self.p.init_from), settings.model)
         else:
             self.modules = build_tiny_modules(settings.model)
-        self.ema = _frozen_copy(self.modules.flow), _frozen_copy(self.modules.image_encoder)
+        with_ema = self.p.flow_ema > 0
+        self.ema = (
+            _frozen_copy(self.modules.flow) if with_ema else None,
+            _frozen_copy(self.modules.image_encoder) if with_ema else None,
+        )
         self.history: dict[str, list[float]] = {"vae": [], "flow": []}
 
     # -- stage 1 -------------------------------------------------------------
